@@ -1,0 +1,53 @@
+# Everything a fresh machine needs is installed by these targets: a virtualenv
+# with the pinned Python packages and the pinned OPA built from its Go module.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := .cache
+OPA_VERSION := v1.22.3
+OPA := $(CACHE)/bin/opa
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+export BEDROCK_PROXY_OPA := $(abspath $(OPA))
+
+.PHONY: all deps opa test lint policy-test demo clean
+
+all: test
+
+deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+opa: $(OPA)
+
+$(OPA):
+	@test -x "$(GO)" || { echo "error: Go toolchain not found (needed to build opa $(OPA_VERSION)); install Go or set GO=/path/to/go" >&2; exit 1; }
+	mkdir -p $(CACHE)/bin
+	GOBIN=$(abspath $(CACHE)/bin) GOFLAGS=-mod=mod $(GO) install github.com/open-policy-agent/opa@$(OPA_VERSION) \
+		|| { echo "error: building opa $(OPA_VERSION) from its Go module failed (see above)" >&2; exit 1; }
+	@$(OPA) version | head -1
+
+policy-test: $(OPA)
+	$(OPA) fmt --fail -l policies/
+	$(OPA) check --strict policies/
+	$(OPA) test policies/ -v --coverage --format=json > $(CACHE)/opa-coverage.json \
+		|| { $(OPA) test policies/ -v; exit 1; }
+	$(OPA) test policies/
+	@$(BIN)/python -c "import json; c=json.load(open('$(CACHE)/opa-coverage.json'))['coverage']; print(f'rego coverage: {c:.1f}%'); raise SystemExit(c < 90)"
+
+lint: deps
+	$(BIN)/ruff check proxy tests
+	$(BIN)/mypy
+
+test: deps opa policy-test lint
+	$(BIN)/pytest -q
+
+demo: deps opa
+	$(BIN)/python -m proxy.demo --dir demo-stack
+
+clean:
+	rm -rf $(VENV) $(CACHE) demo-stack

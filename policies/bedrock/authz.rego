@@ -1,0 +1,196 @@
+# METADATA
+# title: Runtime authorization for bedrock-runtime calls
+# description: |
+#   The proxy queries data.bedrock.authz.decision (DESIGN.md section 4) for
+#   every data-plane call. The decision is total: always an object
+#   {allow, reasons, obligations}. A deny lists every reason as
+#   "code: text" with a stable snake_case code; obligations are {} on deny.
+#
+#   Allow is positive, never "no deny rule fired": the caller must be a
+#   registered workload with complete obligations, and no deny may fire.
+#   Workload-specific checks only run for registered workloads, so an
+#   unknown caller gets exactly the reasons that apply to it.
+package bedrock.authz
+
+import data.bedrock.lib
+
+# Reached only if evaluation itself breaks; still a well-formed deny.
+default decision := {
+	"allow": false,
+	"reasons": ["policy_error: the runtime decision could not be evaluated"],
+	"obligations": {},
+}
+
+decision := {"allow": true, "reasons": [], "obligations": obligations} if allow
+
+decision := {"allow": false, "reasons": sort(deny), "obligations": {}} if not allow
+
+default allow := false
+
+allow if {
+	registered
+	complete
+	count(deny) == 0
+}
+
+spiffe_id := lib.field(["identity", "spiffe_id"])
+
+trust_domain := lib.field(["identity", "trust_domain"])
+
+operation := lib.field(["request", "operation"])
+
+region := lib.field(["request", "region"])
+
+model := lib.field(["request", "model"])
+
+effective := lib.field(["classification", "effective"])
+
+task := lib.field(["task"])
+
+# Read with defaults: a missing field must produce a reason, never silently
+# drop the deny rule that reports it.
+model_id := lib.field(["request", "model", "id"])
+
+max_classification := object.get(workload, "max_classification", null)
+
+# Exact key lookup: a SPIFFE ID that merely shares a prefix is a different
+# workload, never a match.
+workload := lib.workloads[spiffe_id]
+
+registered if is_object(workload)
+
+# A list from the workload entry; a missing list allows nothing.
+listed(key) := object.get(workload, key, [])
+
+# The identity and its owner, for every reason text.
+subject := sprintf("%v (owner %s)", [spiffe_id, lib.owner_label(workload)]) if registered
+
+else := sprintf("%v (owner none)", [spiffe_id])
+
+audit_capture := object.get(workload, "audit_capture", "hash")
+
+complete if is_object(obligations)
+
+# Defined only when the workload entry carries everything the proxy needs to
+# act on an allow; otherwise workload_incomplete denies.
+obligations := {
+	"role_arn": workload.role_arn,
+	"session_seconds": workload.session_seconds,
+	"audit_capture": audit_capture,
+} if {
+	is_string(workload.role_arn)
+	startswith(workload.role_arn, "arn:aws")
+	is_number(workload.session_seconds)
+	workload.session_seconds >= lib.min_session_seconds
+	workload.session_seconds <= lib.max_session_seconds
+	audit_capture in lib.audit_capture_modes
+}
+
+# With no account in the request (no ARN, no configured default) the call
+# lands in the account of the role the proxy assumes, so that account is what
+# the allowlist must cover. Any other non-string value is checked as it is,
+# and denied.
+target_account := account if {
+	account := lib.field(["request", "account"])
+	account != null
+} else := role_account if {
+	is_string(workload.role_arn)
+	role_account := split(workload.role_arn, ":")[4]
+} else := null
+
+model_listed if model.id in listed("models")
+
+model_listed if {
+	lib.cross_region_profile(model)
+	model.foundation_id in listed("models")
+}
+
+deny contains msg if {
+	not registered
+	msg := sprintf("workload_not_registered: %s is not a registered workload", [subject])
+}
+
+deny contains msg if {
+	spiffe_id in lib.admins
+	msg := sprintf("admin_identity_on_runtime: %s is an admin identity and may not call the runtime", [subject])
+}
+
+deny contains msg if {
+	not lib.trust_domain_accepted(spiffe_id, trust_domain)
+	msg := sprintf("trust_domain_not_accepted: trust domain %v of %s is not accepted", [trust_domain, subject])
+}
+
+deny contains msg if {
+	registered
+	not lib.has_owner(workload)
+	msg := sprintf("owner_missing: %s has no owner team and contact", [subject])
+}
+
+deny contains msg if {
+	registered
+	not complete
+	msg := sprintf("workload_incomplete: %s lacks a valid role_arn, session_seconds or audit_capture", [subject])
+}
+
+deny contains msg if {
+	registered
+	not operation in listed("operations")
+	msg := sprintf("operation_not_allowed: %v is not allowed for %s", [operation, subject])
+}
+
+deny contains msg if {
+	registered
+	operation in lib.model_operations
+	not is_object(model)
+	msg := sprintf("model_not_allowed: %v names no model for %s", [operation, subject])
+}
+
+deny contains msg if {
+	registered
+	is_object(model)
+	not model_listed
+	msg := sprintf("model_not_allowed: %v is not in the allowlist of %s", [model_id, subject])
+}
+
+deny contains msg if {
+	registered
+	lib.cross_region_profile(model)
+	not model.geo in listed("geos")
+	msg := sprintf("geo_not_allowed: geo %v of %v is not allowed for %s", [model.geo, model_id, subject])
+}
+
+deny contains msg if {
+	registered
+	not region in listed("regions")
+	msg := sprintf("region_not_allowed: region %v is not allowed for %s", [region, subject])
+}
+
+# A model ARN names its own region; it must be allowed as well.
+deny contains msg if {
+	registered
+	lib.non_empty_string(model.region)
+	not model.region in listed("regions")
+	msg := sprintf("region_not_allowed: model region %v of %v is not allowed for %s", [model.region, model_id, subject])
+}
+
+deny contains msg if {
+	registered
+	not target_account in listed("accounts")
+	msg := sprintf("account_not_allowed: account %v is not allowed for %s", [target_account, subject])
+}
+
+deny contains msg if {
+	registered
+	lib.rank(effective) > lib.ceiling(max_classification)
+	msg := sprintf(
+		"classification_too_high: %v is above the maximum %v of %s",
+		[effective, max_classification, subject],
+	)
+}
+
+deny contains msg if {
+	registered
+	workload.require_task == true
+	not is_object(task)
+	msg := sprintf("task_required: %s must name a task (X-Task-Id) for every call", [subject])
+}

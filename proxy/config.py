@@ -1,0 +1,231 @@
+"""Settings: one frozen, typed object, validated completely at start-up.
+
+A configuration error is found when the proxy starts, never at the first
+request, and the message names the key and what to do. Anything that weakens
+security (plain-HTTP upstream off loopback) needs an explicit, loudly named
+option.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.errors import ConfigError
+from proxy.region import is_region
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_listen: Listen
+    admin_listen: Listen
+    server_cert: Path
+    server_key: Path
+    trust_bundles: Mapping[str, Path]
+    opa_url: str
+    opa_timeout_s: float
+    default_region: str
+    default_account: str | None
+    sts_endpoint: str | None
+    sts_region: str
+    sts_timeout_s: float
+    max_session_seconds: int
+    upstream_url: str
+    upstream_connect_timeout_s: float
+    upstream_read_timeout_s: float
+    max_body_bytes: int
+    audit_path: str
+    insecure_upstream_http: bool = False
+
+    def upstream_base(self, region: str) -> str:
+        return self.upstream_url.format(region=region).rstrip("/")
+
+
+_SECTIONS = {"listen", "tls", "trust_domains", "opa", "aws", "upstream", "limits", "audit"}
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return settings_from_mapping(raw, base_dir=path.parent)
+
+
+def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings:
+    unknown = set(raw) - _SECTIONS
+    if unknown:
+        raise ConfigError(
+            f"unknown config section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}"
+        )
+    reader = _Reader(raw, base_dir)
+    settings = Settings(
+        data_listen=reader.listen("listen", "data", "0.0.0.0:8443"),
+        admin_listen=reader.listen("listen", "admin", "127.0.0.1:9443"),
+        server_cert=reader.existing_file("tls", "server_cert"),
+        server_key=reader.existing_file("tls", "server_key"),
+        trust_bundles=reader.trust_bundles(),
+        opa_url=reader.url("opa", "url", "http://127.0.0.1:8181"),
+        opa_timeout_s=reader.millis("opa", "timeout_ms", 500),
+        default_region=reader.region("aws", "default_region", "us-east-1"),
+        default_account=reader.account("aws", "default_account"),
+        sts_endpoint=reader.optional_url("aws", "sts_endpoint"),
+        sts_region=reader.region("aws", "sts_region", "us-east-1"),
+        sts_timeout_s=reader.millis("aws", "sts_timeout_ms", 3000),
+        max_session_seconds=reader.integer("aws", "max_session_seconds", 3600, 900, 43200),
+        upstream_url=reader.string(
+            "upstream", "url", "https://bedrock-runtime.{region}.amazonaws.com"
+        ),
+        upstream_connect_timeout_s=reader.millis("upstream", "connect_timeout_ms", 3000),
+        upstream_read_timeout_s=reader.millis("upstream", "read_timeout_ms", 120_000),
+        max_body_bytes=reader.integer("limits", "max_body_bytes", 25_000_000, 1, 25_000_000),
+        audit_path=reader.string("audit", "path", "audit.log"),
+        insecure_upstream_http=reader.boolean("upstream", "insecure_upstream_http", False),
+    )
+    reader.reject_unknown_keys()
+    _check_upstream(settings)
+    return settings
+
+
+def _check_upstream(settings: Settings) -> None:
+    sample = settings.upstream_url.replace("{region}", settings.default_region)
+    parts = urlsplit(sample)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"upstream.url {settings.upstream_url!r} must be an http(s) URL")
+    if parts.path not in ("", "/") or parts.query:
+        raise ConfigError("upstream.url must not carry a path or query")
+    if parts.scheme == "http" and not (
+        _is_loopback(parts.hostname) or settings.insecure_upstream_http
+    ):
+        raise ConfigError(
+            "upstream.url uses plain HTTP to a non-loopback host; set "
+            "upstream.insecure_upstream_http = true only if you really mean it"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Reads typed values out of the TOML tree and remembers which keys were used."""
+
+    def __init__(self, raw: Mapping[str, Any], base_dir: Path) -> None:
+        self._raw = raw
+        self._base_dir = base_dir
+        self._used: set[tuple[str, str]] = set()
+
+    def _get(self, section: str, key: str, default: Any) -> Any:
+        self._used.add((section, key))
+        table = self._raw.get(section, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{section}] must be a table")
+        return table.get(key, default)
+
+    def string(self, section: str, key: str, default: str | None = None) -> str:
+        value = self._get(section, key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{section}.{key} must be a non-empty string")
+        return value
+
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        value = self._get(section, key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{section}.{key} must be true or false")
+        return value
+
+    def integer(self, section: str, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(section, key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{section}.{key} must be an integer from {low} to {high}")
+        return value
+
+    def millis(self, section: str, key: str, default: int) -> float:
+        return self.integer(section, key, default, 1, 3_600_000) / 1000
+
+    def listen(self, section: str, key: str, default: str) -> Listen:
+        value = self.string(section, key, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{section}.{key} must be HOST:PORT, got {value!r}")
+        return Listen(host.strip("[]"), int(port))
+
+    def path(self, value: str) -> Path:
+        candidate = Path(value)
+        return candidate if candidate.is_absolute() else self._base_dir / candidate
+
+    def existing_file(self, section: str, key: str) -> Path:
+        path = self.path(self.string(section, key))
+        if not path.is_file():
+            raise ConfigError(f"{section}.{key}: file {path} does not exist")
+        return path
+
+    def trust_bundles(self) -> dict[str, Path]:
+        self._used.add(("trust_domains", "*"))
+        table = self._raw.get("trust_domains")
+        if not isinstance(table, Mapping) or not table:
+            raise ConfigError(
+                "[trust_domains] must map each accepted trust domain to its bundle, "
+                'e.g. "example.org" = "bundle.pem"'
+            )
+        bundles: dict[str, Path] = {}
+        for domain, value in table.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"trust_domains.{domain} must be a path to a PEM bundle")
+            path = self.path(value)
+            if not path.is_file():
+                raise ConfigError(f"trust_domains.{domain}: bundle {path} does not exist")
+            bundles[domain] = path
+        return bundles
+
+    def url(self, section: str, key: str, default: str) -> str:
+        value = self.string(section, key, default)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{section}.{key} must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    def optional_url(self, section: str, key: str) -> str | None:
+        if self._get(section, key, None) in (None, ""):
+            return None
+        return self.url(section, key, "")
+
+    def region(self, section: str, key: str, default: str) -> str:
+        value = self.string(section, key, default)
+        if not is_region(value):
+            raise ConfigError(f"{section}.{key} {value!r} is not an AWS region name")
+        return value
+
+    def account(self, section: str, key: str) -> str | None:
+        value = self._get(section, key, None)
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) != 12 or not value.isdigit():
+            raise ConfigError(f"{section}.{key} must be a 12-digit AWS account id as a string")
+        return value
+
+    def reject_unknown_keys(self) -> None:
+        for section, table in self._raw.items():
+            if section == "trust_domains" or not isinstance(table, Mapping):
+                continue
+            for key in table:
+                if (section, key) not in self._used:
+                    raise ConfigError(f"unknown config key {section}.{key}")

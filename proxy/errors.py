@@ -1,0 +1,101 @@
+"""One flat error family for every refusal the proxy can make.
+
+Each class carries the HTTP status, the AWS error type that SDKs turn into
+their usual exceptions, and a stable snake_case ``code`` used as the audit
+``outcome`` detail and in metrics. ``message`` is written for the caller and
+must never contain internals of a library error; ``detail`` is for the audit
+record only.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    status = 500
+    error_type = "InternalServerException"
+    code = "internal_error"
+    outcome = "upstream_error"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    error_type = "ValidationException"
+    code = "invalid_request"
+    outcome = "invalid_request"
+
+
+class UnknownOperation(InvalidRequest):
+    status = 404
+    error_type = "UnknownOperationException"
+    code = "unknown_operation"
+
+
+class NotImplementedOperation(InvalidRequest):
+    status = 501
+    error_type = "ValidationException"
+    code = "not_implemented"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "body_too_large"
+
+
+class IdentityInvalid(ProxyError):
+    status = 403
+    error_type = "AccessDeniedException"
+    code = "identity_invalid"
+    outcome = "denied"
+
+
+class IdentityMissing(IdentityInvalid):
+    status = 401
+    code = "identity_missing"
+
+
+class PolicyDenied(ProxyError):
+    status = 403
+    error_type = "AccessDeniedException"
+    code = "policy_denied"
+    outcome = "denied"
+
+
+class PolicyUnavailable(ProxyError):
+    status = 503
+    error_type = "ServiceUnavailableException"
+    code = "policy_unavailable"
+    outcome = "policy_unavailable"
+
+
+class ObligationUnenforceable(PolicyDenied):
+    code = "obligation_unenforceable"
+
+
+class CredentialsUnavailable(ProxyError):
+    status = 503
+    error_type = "ServiceUnavailableException"
+    code = "credentials_unavailable"
+    outcome = "credentials_unavailable"
+
+
+class AuditUnavailable(ProxyError):
+    status = 503
+    error_type = "ServiceUnavailableException"
+    code = "audit_unavailable"
+    outcome = "audit_unavailable"
+
+
+class UpstreamUnavailable(ProxyError):
+    status = 502
+    error_type = "ServiceUnavailableException"
+    code = "upstream_unavailable"
+    outcome = "upstream_error"
+
+
+class ConfigError(Exception):
+    """Raised at start-up for a configuration a person must fix; never at request time."""

@@ -1,0 +1,168 @@
+"""Watch a response on the side for usage, tool calls, stop reason and errors.
+
+The relay hands every chunk to ``ResponseObserver.feed`` *after* writing it to
+the client, so observing never delays or alters the bytes. Event streams are
+split and CRC-checked by botocore's ``EventStreamBuffer``; a frame the parser
+rejects stops observation (the bytes still flow, untouched). JSON bodies are
+kept only up to a small bound to read ``usage`` at the end: the response
+itself is never buffered.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+
+_JSON_OBSERVE_LIMIT = 256 * 1024
+
+
+@dataclass
+class Observation:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    tool_calls: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+    frames: int = 0
+    exception: str | None = None
+
+    def usage(self) -> dict[str, int | None]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+
+
+class ResponseObserver:
+    def __init__(self, content_type: str, headers: Mapping[str, str]) -> None:
+        self.observation = Observation()
+        self._stream = content_type.startswith("application/vnd.amazon.eventstream")
+        self._events: EventStreamBuffer | None = EventStreamBuffer() if self._stream else None
+        self._json = bytearray()
+        self._json_overflow = False
+        self._from_headers(headers)
+
+    def feed(self, chunk: bytes) -> None:
+        if self._events is not None:
+            self._feed_events(chunk)
+        elif not self._json_overflow:
+            if len(self._json) + len(chunk) > _JSON_OBSERVE_LIMIT:
+                self._json_overflow = True
+                self._json.clear()
+            else:
+                self._json.extend(chunk)
+
+    def finish(self) -> Observation:
+        if not self._stream and self._json and not self._json_overflow:
+            try:
+                doc = json.loads(self._json)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict):
+                self._from_document(doc)
+        return self.observation
+
+    def _from_headers(self, headers: Mapping[str, str]) -> None:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        for key, attr in (
+            ("x-amzn-bedrock-input-token-count", "input_tokens"),
+            ("x-amzn-bedrock-output-token-count", "output_tokens"),
+        ):
+            value = lowered.get(key, "")
+            if value.isdigit():
+                setattr(self.observation, attr, int(value))
+
+    def _feed_events(self, chunk: bytes) -> None:
+        assert self._events is not None
+        try:
+            self._events.add_data(chunk)
+            for message in self._events:
+                self.observation.frames += 1
+                self._from_event(message)
+        except ParserError:
+            self._events = None
+
+    def _from_event(self, message: EventStreamMessage) -> None:
+        headers = message.headers
+        if headers.get(":message-type") in ("exception", "error"):
+            self.observation.exception = str(
+                headers.get(":exception-type") or headers.get(":error-code") or "error"
+            )
+            return
+        try:
+            payload = json.loads(message.payload) if message.payload else {}
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        event_type = headers.get(":event-type")
+        if event_type == "chunk":
+            self._from_chunk(payload)
+        else:
+            self._from_converse_event(str(event_type), payload)
+
+    def _from_chunk(self, payload: dict[str, Any]) -> None:
+        # InvokeModelWithResponseStream: the provider's own event, base64 in "bytes".
+        try:
+            inner = json.loads(base64.b64decode(payload.get("bytes", "")))
+        except (ValueError, TypeError):
+            return
+        if not isinstance(inner, dict):
+            return
+        metrics = inner.get("amazon-bedrock-invocationMetrics")
+        if isinstance(metrics, dict):
+            self._set_tokens(metrics.get("inputTokenCount"), metrics.get("outputTokenCount"))
+        self._from_document(inner)
+
+    def _from_converse_event(self, event_type: str, payload: dict[str, Any]) -> None:
+        if event_type == "contentBlockStart":
+            tool = payload.get("start", {}).get("toolUse", {})
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                self.observation.tool_calls.append(tool["name"])
+        elif event_type == "messageStop":
+            self._set_stop(payload.get("stopReason"))
+        elif event_type == "metadata":
+            usage = payload.get("usage", {})
+            if isinstance(usage, dict):
+                self._set_tokens(usage.get("inputTokens"), usage.get("outputTokens"))
+
+    def _from_document(self, doc: dict[str, Any]) -> None:
+        """Converse responses and the Anthropic messages shape of InvokeModel."""
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self._set_tokens(
+                usage.get("inputTokens", usage.get("input_tokens")),
+                usage.get("outputTokens", usage.get("output_tokens")),
+            )
+        self._set_stop(doc.get("stopReason", doc.get("stop_reason")))
+        delta = doc.get("delta")
+        if isinstance(delta, dict):
+            self._set_stop(delta.get("stop_reason"))
+        for block in _content_blocks(doc):
+            # Converse: {"toolUse": {"name"}}; Anthropic: {"type": "tool_use", "name"}.
+            tool = block.get("toolUse") if "toolUse" in block else block
+            if isinstance(tool, dict) and (tool is not block or block.get("type") == "tool_use"):
+                if isinstance(tool.get("name"), str):
+                    self.observation.tool_calls.append(tool["name"])
+
+    def _set_tokens(self, input_tokens: object, output_tokens: object) -> None:
+        if isinstance(input_tokens, int) and not isinstance(input_tokens, bool):
+            self.observation.input_tokens = input_tokens
+        if isinstance(output_tokens, int) and not isinstance(output_tokens, bool):
+            self.observation.output_tokens = output_tokens
+
+    def _set_stop(self, reason: object) -> None:
+        if isinstance(reason, str) and reason:
+            self.observation.stop_reason = reason
+
+
+def _content_blocks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Content blocks of a Converse answer, an Anthropic message or stream event."""
+    output = doc.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    blocks = message.get("content") if isinstance(message, dict) else doc.get("content")
+    found = [b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else []
+    if isinstance(doc.get("content_block"), dict):
+        found.append(doc["content_block"])
+    return found

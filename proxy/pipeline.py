@@ -1,0 +1,241 @@
+"""The data-plane request pipeline: one call from mTLS identity to streamed answer.
+
+Stages run in a fixed order and each fills the RequestContext:
+
+    identity -> route -> body (bounded) -> region -> model -> classification
+    -> OPA decision -> obligations -> STS credentials -> SigV4 -> audit
+    ``authorized`` -> upstream relay
+
+Every stage either returns or raises a ProxyError; ``errors.middleware`` in
+app.py turns the error into an AWS-shaped answer and writes the terminal audit
+record. The body limit is enforced before OPA or STS is asked, so an oversized
+request costs neither. Nothing is forwarded before ``authorized`` is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from proxy.audit import AuditLog, request_record
+from proxy.classify import classify
+from proxy.config import Settings
+from proxy.context import RequestContext
+from proxy.credentials import CredentialBroker, CredentialScope
+from proxy.decision import Guardrail, OpaDecider, PolicyQuery, build_opa_input
+from proxy.errors import BodyTooLarge, IdentityMissing, InvalidRequest, PolicyDenied
+from proxy.identity import TrustBundles, identity_from_peer
+from proxy.models import ModelRef, parse_model_id
+from proxy.obligations import apply_obligations
+from proxy.operations import Route, parse_route
+from proxy.region import resolve_region
+from proxy.signing import forwardable_headers, sign_request
+from proxy.upstream import Upstream
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_JSON_BODY_OPERATIONS = {"Converse", "ConverseStream", "CountTokens", "StartAsyncInvoke"}
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    settings: Settings
+    bundles: TrustBundles
+    decider: OpaDecider
+    broker: CredentialBroker
+    upstream: Upstream
+    audit: AuditLog
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+        ctx.identity = identity_from_peer(_peer_certificate(request), self.bundles, self.clock())
+        route = ctx.route = parse_route(request.method, request.raw_path)
+        body = await _read_body(request, self.settings.max_body_bytes)
+        ctx.bytes_in = len(body)
+        ctx.region = resolve_region(
+            request.headers.get("Host"),
+            request.headers.get("Authorization"),
+            self.settings.default_region,
+        )
+        document = _json_document(route, body)
+        ctx.model = _model(route, document, ctx.region, self.settings.default_account)
+        ctx.account = (ctx.model.account if ctx.model else None) or self.settings.default_account
+        ctx.task_id = _task_id(request.headers.get("X-Task-Id"))
+        ctx.classification = classify(request.headers.get("X-Data-Classification"), body)
+        ctx.prompt_sha256 = hashlib.sha256(body).hexdigest()
+
+        decision = ctx.decision = await self.decider.decide(
+            build_opa_input(
+                PolicyQuery(
+                    identity=ctx.identity,
+                    route=route,
+                    model=ctx.model,
+                    region=ctx.region,
+                    account=ctx.account,
+                    body_bytes=len(body),
+                    tools=_tool_names(document),
+                    guardrail=_requested_guardrail(route, request, document),
+                    classification=ctx.classification,
+                    now=self.clock(),
+                )
+            )
+        )
+        if not decision.allow or decision.obligations is None:
+            raise PolicyDenied(
+                f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
+            )
+        obligations = decision.obligations
+        headers, body = apply_obligations(
+            route, ctx.model, forwardable_headers(request.headers.items()), body, obligations
+        )
+        if obligations.audit_capture == "full":
+            ctx.prompt_captured = body.decode("utf-8", errors="replace")
+        elif obligations.audit_capture == "none":
+            ctx.prompt_sha256 = None
+
+        ctx.scope = CredentialScope(
+            role_arn=obligations.role_arn,
+            spiffe_id=ctx.identity.spiffe_id,
+            trust_domain=ctx.identity.trust_domain,
+            workload_path=ctx.identity.path,
+            task_id=ctx.task_id,
+            region=ctx.region,
+            resource_arns=_resource_arns(route, ctx.model, ctx.region, ctx.account),
+            actions=route.iam_actions,
+            classification=ctx.classification.effective,
+            session_seconds=obligations.session_seconds,
+        )
+        ctx.credentials = await self.broker.credentials_for(ctx.scope)
+        url = self.settings.upstream_base(ctx.region) + route.wire_path
+        if route.wire_query:
+            url += "?" + route.wire_query
+        signed = sign_request(
+            method=route.method,
+            url=url,
+            headers=headers,
+            body=body,
+            credentials=ctx.credentials,
+            region=ctx.region,
+        )
+        self.audit.write("authorized", **request_record(ctx))
+        ctx.authorized = True
+        return await self.upstream.relay(
+            request, ctx, method=route.method, url=url, headers=signed, body=body
+        )
+
+
+def _peer_certificate(request: web.Request) -> bytes | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    if ssl_object is None:
+        raise IdentityMissing("A client certificate (X.509-SVID) over TLS is required")
+    certificate: bytes | None = ssl_object.getpeercert(binary_form=True)
+    return certificate
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InvalidRequest(
+            f"Compressed request bodies (Content-Encoding: {encoding[:20]}) are not accepted"
+        )
+    too_large = BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    # Chunked bodies have no length up front: count while reading, stop at the limit.
+    body = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        body.extend(chunk)
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _json_document(route: Route, body: bytes) -> dict[str, Any] | None:
+    """The body as JSON where the operation's body is JSON; InvokeModel bodies are blobs."""
+    if route.operation not in _JSON_BODY_OPERATIONS and not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        document = json.loads(body) if body else {}
+    except (UnicodeDecodeError, ValueError) as exc:
+        if route.operation in _JSON_BODY_OPERATIONS:
+            raise InvalidRequest(f"The {route.operation} request body is not valid JSON") from exc
+        return None
+    if not isinstance(document, dict):
+        if route.operation in _JSON_BODY_OPERATIONS:
+            raise InvalidRequest(f"The {route.operation} request body must be a JSON object")
+        return None
+    return document
+
+
+def _model(
+    route: Route, document: dict[str, Any] | None, region: str, account: str | None
+) -> ModelRef | None:
+    model_id = route.model_id
+    if route.operation == "StartAsyncInvoke":
+        model_id = (document or {}).get("modelId")
+        if not isinstance(model_id, str):
+            raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
+    return None if model_id is None else parse_model_id(model_id, region, account)
+
+
+def _task_id(header: str | None) -> str | None:
+    if header is None:
+        return None
+    if not _TASK_ID.match(header):
+        raise InvalidRequest("X-Task-Id must be 1-128 characters of [A-Za-z0-9._:-]")
+    return header
+
+
+def _tool_names(document: dict[str, Any] | None) -> tuple[str, ...]:
+    """Tools the caller declares: Converse ``toolConfig`` or a provider ``tools`` list."""
+    if not document:
+        return ()
+    tools = (
+        document.get("toolConfig", {}).get("tools")
+        if isinstance(document.get("toolConfig"), dict)
+        else document.get("tools")
+    )
+    names: list[str] = []
+    for tool in tools if isinstance(tools, list) else ():
+        spec = tool.get("toolSpec", tool) if isinstance(tool, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            names.append(spec["name"])
+    return tuple(names)
+
+
+def _requested_guardrail(
+    route: Route, request: web.Request, document: dict[str, Any] | None
+) -> Guardrail | None:
+    if route.guardrail is not None:
+        return Guardrail(*route.guardrail)
+    identifier = request.headers.get("X-Amzn-Bedrock-GuardrailIdentifier")
+    version = request.headers.get("X-Amzn-Bedrock-GuardrailVersion", "")
+    config = (document or {}).get("guardrailConfig")
+    if identifier is None and isinstance(config, dict):
+        identifier = config.get("guardrailIdentifier")
+        version = str(config.get("guardrailVersion", ""))
+    return Guardrail(identifier, version) if isinstance(identifier, str) else None
+
+
+def _resource_arns(
+    route: Route, model: ModelRef | None, region: str, account: str | None
+) -> tuple[str, ...]:
+    """The ARNs the STS session may touch: the model (and a profile's models) only."""
+    if model is not None:
+        arns = {model.arn} if model.arn else set()
+        if model.geo is not None and model.foundation_id is not None:
+            # A cross-region profile routes to the model in the regions of its geography.
+            fm_region = "" if model.geo == "global" else "*"
+            arns.add(f"arn:aws:bedrock:{fm_region}::foundation-model/{model.foundation_id}")
+        return tuple(sorted(arns))
+    account_part = account or "*"
+    if route.guardrail is not None:
+        return (f"arn:aws:bedrock:{region}:{account_part}:guardrail/{route.guardrail[0]}",)
+    return (f"arn:aws:bedrock:{region}:{account_part}:async-invoke/*",)
