@@ -46,6 +46,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import re
 import string
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -188,28 +189,44 @@ def session_tags(scope: CredentialScope) -> list[dict[str, str]]:
     return [{"Key": key, "Value": _tag_value(value)} for key, value in pairs]
 
 
+# The one wildcard allowed: the region of a foundation model reached through a profile.
+_ROUTED_MODEL = re.compile(r"^arn:aws(-us-gov|-cn)?:bedrock:\*::foundation-model/[^*?]+$")
+
+
 def session_policy(scope: CredentialScope) -> str:
     """The inline session policy, compact JSON; raises rather than broadening."""
     if not scope.actions or not scope.resource_arns:
         raise CredentialsUnavailable(
             _PUBLIC_MESSAGE, detail="session policy needs at least one action and one resource"
         )
-    wildcards = [v for v in (*scope.actions, *scope.resource_arns) if "*" in v or "?" in v]
-    if wildcards:
+    routed = [arn for arn in scope.resource_arns if _ROUTED_MODEL.match(arn)]
+    direct = [arn for arn in scope.resource_arns if arn not in routed]
+    profiles = [arn for arn in direct if ":inference-profile/" in arn]
+    wildcards = [v for v in (*scope.actions, *direct) if "*" in v or "?" in v]
+    if wildcards or (routed and not profiles):
         raise CredentialsUnavailable(
-            _PUBLIC_MESSAGE, detail=f"session policy refuses wildcards: {wildcards!r}"
+            _PUBLIC_MESSAGE, detail=f"session policy refuses wildcards: {wildcards or routed!r}"
         )
-    document = {
-        "Version": "2012-10-17",
-        "Statement": [
+    statements: list[dict[str, Any]] = [
+        {
+            "Effect": "Allow",
+            "Action": list(scope.actions),
+            "Resource": direct,
+            "Condition": {"StringEquals": {"aws:RequestedRegion": scope.region}},
+        }
+    ]
+    if routed:
+        # A cross-region profile sends the call to the model in any region of its
+        # geography; that is allowed only when it arrives through the profile itself.
+        statements.append(
             {
                 "Effect": "Allow",
                 "Action": list(scope.actions),
-                "Resource": list(scope.resource_arns),
-                "Condition": {"StringEquals": {"aws:RequestedRegion": scope.region}},
+                "Resource": routed,
+                "Condition": {"StringEquals": {"bedrock:InferenceProfileArn": profiles}},
             }
-        ],
-    }
+        )
+    document = {"Version": "2012-10-17", "Statement": statements}
     text = json.dumps(document, separators=(",", ":"))
     if len(text) > POLICY_MAX_CHARS:
         raise CredentialsUnavailable(

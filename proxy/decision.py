@@ -35,8 +35,15 @@ from proxy.operations import Route
 DECISION_PACKAGE = "bedrock.authz"
 DECISION_RULE = "decision"
 AUDIT_CAPTURE = ("none", "hash", "redacted", "full")
-_ROLE_ARN = re.compile(r"^arn:aws(-us-gov|-cn)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_GUARDRAIL_VERSION = re.compile(r"^([1-9][0-9]{0,7}|DRAFT)$")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+_ROLE_ARN = re.compile(r"arn:aws(-us-gov|-cn)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_GUARDRAIL_VERSION = re.compile(r"[1-9][0-9]{0,7}|DRAFT")
+# botocore's GuardrailIdentifier pattern, without the empty string and with the
+# partition suffix narrowed from [^:] to [a-z-]: the value becomes an HTTP header
+# on InvokeModel, so nothing else may pass.
+_GUARDRAIL_ID = re.compile(
+    r"[a-z0-9]+|arn:aws(-[a-z-]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:guardrail/[a-z0-9]+"
+)
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,7 @@ def parse_obligations(raw: object, decision_id: str) -> Obligations:
     if unknown:
         raise refuse(f"unknown obligation(s) {sorted(unknown)}")
     role_arn = raw.get("role_arn")
-    if not isinstance(role_arn, str) or not _ROLE_ARN.match(role_arn):
+    if not isinstance(role_arn, str) or not _ROLE_ARN.fullmatch(role_arn):
         raise refuse("role_arn is missing or not an IAM role ARN")
     seconds = raw.get("session_seconds", 900)
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not 900 <= seconds <= 43200:
@@ -183,9 +190,13 @@ def _guardrail(raw: object, refuse: Any) -> Guardrail | None:
     if not isinstance(raw, Mapping):
         raise refuse("guardrail must be an object")
     identifier, version = raw.get("identifier"), raw.get("version")
-    if not isinstance(identifier, str) or not 0 < len(identifier) <= 2048:
+    if (
+        not isinstance(identifier, str)
+        or not 0 < len(identifier) <= 2048
+        or not _GUARDRAIL_ID.fullmatch(identifier)
+    ):
         raise refuse("guardrail.identifier must be a guardrail id or ARN")
-    if not isinstance(version, str) or not _GUARDRAIL_VERSION.match(version):
+    if not isinstance(version, str) or not _GUARDRAIL_VERSION.fullmatch(version):
         raise refuse("guardrail.version must be a version number or DRAFT")
     return Guardrail(identifier, version)
 

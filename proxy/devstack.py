@@ -78,11 +78,25 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], what: str, timeout
     raise StackError(f"{what} did not answer {url} within {timeout}s")
 
 
+def spawn(
+    command: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a component with its output in ``log``; the child keeps its own copy of the fd."""
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            list(command),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
+        )
+
+
 def start_opa(
     policies: Path, log: Path, port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = port or free_port()
-    process = subprocess.Popen(
+    process = spawn(
         [
             find_opa(),
             "run",
@@ -96,9 +110,7 @@ def start_opa(
             "decision_logs.console=true",
             str(policies),
         ],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log,
     )
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/health", process, "OPA", 30)
@@ -110,11 +122,9 @@ def start_emulator(
 ) -> tuple[subprocess.Popen[bytes], dict]:
     ready = directory / "emulator.ready.json"
     ready.unlink(missing_ok=True)
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, "-m", "proxy.emulator", "--ready-file", str(ready), *extra],
-        stdout=(directory / "emulator.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        directory / "emulator.log",
     )
     return process, wait_for_file(ready, process, "the emulator", 60)
 
@@ -184,21 +194,9 @@ def proxy_environment() -> dict[str, str]:
 def start_proxy(directory: Path, config: Path) -> tuple[subprocess.Popen[bytes], dict]:
     ready = directory / "proxy.ready.json"
     ready.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=(directory / "proxy.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=proxy_environment(),
+    command = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
+    process = spawn(
+        [*command, "--ready-file", str(ready)], directory / "proxy.log", proxy_environment()
     )
     return process, wait_for_file(ready, process, "the proxy", 60)
 

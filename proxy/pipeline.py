@@ -31,7 +31,7 @@ from proxy.context import RequestContext
 from proxy.credentials import CredentialBroker, CredentialScope
 from proxy.decision import Guardrail, OpaDecider, PolicyQuery, build_opa_input
 from proxy.errors import BodyTooLarge, IdentityMissing, InvalidRequest, PolicyDenied
-from proxy.identity import TrustBundles, identity_from_peer
+from proxy.identity import TrustBundles, identity_from_peer, peer_certificates
 from proxy.models import ModelRef, parse_model_id
 from proxy.obligations import apply_obligations
 from proxy.operations import Route, parse_route
@@ -54,7 +54,10 @@ class DataPlane:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        ctx.identity = identity_from_peer(_peer_certificate(request), self.bundles, self.clock())
+        leaf, intermediates = _peer_certificates(request)
+        ctx.identity = identity_from_peer(
+            leaf, self.bundles, self.clock(), intermediates=intermediates
+        )
         route = ctx.route = parse_route(request.method, request.raw_path)
         body = await _read_body(request, self.settings.max_body_bytes)
         ctx.bytes_in = len(body)
@@ -130,13 +133,12 @@ class DataPlane:
         )
 
 
-def _peer_certificate(request: web.Request) -> bytes | None:
+def _peer_certificates(request: web.Request) -> tuple[bytes | None, list[bytes]]:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport else None
     if ssl_object is None:
         raise IdentityMissing("A client certificate (X.509-SVID) over TLS is required")
-    certificate: bytes | None = ssl_object.getpeercert(binary_form=True)
-    return certificate
+    return peer_certificates(ssl_object)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

@@ -105,6 +105,11 @@ class ProxyHandle:
         proxy_id = first[0]["request_id"]
         return [r for r in self.records() if r.get("request_id") == proxy_id]
 
+    def close_clients(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
     def client(self, spiffe_id: str = CHAT, cert: certs.CertPair | None = None) -> Any:
         key = f"{spiffe_id}|{cert}"
         if key not in self._clients:
@@ -186,6 +191,7 @@ class ProxyFactory:
     def __init__(self, tmp: pytest.TempPathFactory, pki: Pki, emulator: Emulator) -> None:
         self._tmp, self._pki, self._emulator = tmp, pki, emulator
         self._started: list[subprocess.Popen[bytes]] = []
+        self._handles: list[ProxyHandle] = []
 
     def __call__(self, opa_url: str, **options: Any) -> ProxyHandle:
         directory = self._tmp.mktemp("proxy")
@@ -204,11 +210,15 @@ class ProxyFactory:
         process, ports = devstack.start_proxy(directory, config)
         self._started.append(process)
         port = ports["data_port"]
-        return ProxyHandle(
+        handle = ProxyHandle(
             f"https://127.0.0.1:{port}", port, directory / "audit.log", self._pki, process
         )
+        self._handles.append(handle)
+        return handle
 
     def stop_all(self) -> None:
+        for handle in self._handles:
+            handle.close_clients()
         for process in self._started:
             devstack.stop(process)
 

@@ -217,29 +217,38 @@ def test_bundle_file_may_hold_several_cas(pki: Pki) -> None:
     assert len(bundles.bundles[TD_A]) == 2
 
 
-def _bundle_errors(pki: Pki) -> list[tuple[str, dict[str, Path], str]]:
-    svid = certs.good_svid(pki.a, name="leaf")
-    empty = pki.root / "empty.pem"
-    empty.write_text("not a certificate\n")
-    old = pki.root / "old"
-    devca.init_ca(old, TD_A, ttl=timedelta(days=1), now=_now() - timedelta(days=3))
-    return [
-        ("missing", {TD_A: pki.root / "nope.pem"}, "does not exist"),
-        ("no certificate", {TD_A: empty}, "holds no PEM certificate"),
-        ("non-CA", {TD_A: svid.cert}, "is not a CA"),
-        ("expired CA", {TD_A: old / "ca.pem"}, "expired at"),
-        ("bad trust domain", {"Example.org": pki.a / "ca.pem"}, "is not valid"),
-        ("trust domain with path", {"example.org/x": pki.a / "ca.pem"}, "without a path"),
-        ("nothing", {}, "no trust domain is configured"),
-    ]
+def _old_ca(p: Pki) -> Path:
+    devca.init_ca(p.root / "old", TD_A, ttl=timedelta(days=1), now=_now() - timedelta(days=3))
+    return p.root / "old" / "ca.pem"
 
 
-def test_bundle_load_errors_say_what_to_fix(pki: Pki) -> None:
-    cases = _bundle_errors(pki)
-    for name, mapping, message in cases:
-        with pytest.raises(ConfigError) as caught:
-            TrustBundles.load(mapping)
-        assert message in str(caught.value), name
+def _not_pem(p: Pki) -> Path:
+    path = p.root / "empty.pem"
+    path.write_text("not a certificate\n")
+    return path
+
+
+BUNDLE_ERRORS: list[tuple[str, Callable[[Pki], dict[str, Path]], str]] = [
+    ("missing file", lambda p: {TD_A: p.root / "nope.pem"}, "does not exist"),
+    ("no certificate", lambda p: {TD_A: _not_pem(p)}, "holds no PEM certificate"),
+    ("SVID as bundle", lambda p: {TD_A: certs.good_svid(p.a, name="leaf").cert}, "is not a CA"),
+    ("expired CA", lambda p: {TD_A: _old_ca(p)}, "expired at"),
+    ("bad trust domain", lambda p: {"Example.org": p.a / "ca.pem"}, "is not valid"),
+    ("trust domain with path", lambda p: {"example.org/x": p.a / "ca.pem"}, "without a path"),
+    ("no trust domain", lambda p: {}, "no trust domain is configured"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [(m, msg) for _, m, msg in BUNDLE_ERRORS],
+    ids=[n for n, _, _ in BUNDLE_ERRORS],
+)
+def test_bundle_load_errors_say_what_to_fix(
+    pki: Pki, mapping: Callable[[Pki], dict[str, Path]], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrustBundles.load(mapping(pki))
 
 
 # --- server_ssl_context and a real handshake ----------------------------------------

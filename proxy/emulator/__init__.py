@@ -1,0 +1,89 @@
+"""Local stand-in for AWS bedrock-runtime and STS, for tests and demos.
+
+One process, two plain-HTTP listeners meant for loopback:
+
+- STS: moto's server on a thread (``sts``), answering AssumeRole with real
+  temporary credentials and recording every call;
+- bedrock-runtime: an aiohttp app (``bedrock``) that verifies each SigV4
+  signature against exactly those credentials, enforces their session policy,
+  answers in bedrock's wire formats (event streams included, sent frame by
+  frame), and takes injected faults from ``/_emulator/faults``.
+
+It is a test double, not a security boundary: the listeners are plain HTTP
+and the control API is unauthenticated (loopback peers only). Its value is
+that it refuses what AWS would refuse, so the proxy's signing, credential
+handling and session-policy scoping are proven against something that says no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from proxy.emulator.bedrock import EmulatorSettings, EmulatorState, build_app
+from proxy.emulator.faults import FaultQueue
+from proxy.emulator.sts import StsLedger, StsServer
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Emulator:
+    """A running emulator; ``close()`` stops both listeners."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        sts: StsServer,
+        state: EmulatorState,
+        bedrock_url: str,
+        sts_url: str,
+    ) -> None:
+        self._runner = runner
+        self._sts = sts
+        self.state = state
+        self.bedrock_url = bedrock_url
+        self.sts_url = sts_url
+
+    async def close(self) -> None:
+        try:
+            await self._runner.cleanup()
+        finally:
+            # werkzeug's shutdown blocks until its poll loop notices; keep it off the loop.
+            await asyncio.to_thread(self._sts.stop)
+
+
+async def start_emulator(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sts_port: int = 0,
+    frame_delay_s: float = 0.02,
+    frames: int = 8,
+) -> Emulator:
+    if frame_delay_s < 0 or frames < 1:
+        raise ValueError("frame_delay_s must be >= 0 and frames >= 1")
+    faults = FaultQueue()
+    ledger = StsLedger()
+    state = EmulatorState(
+        settings=EmulatorSettings(frame_delay_s=frame_delay_s, frames=frames),
+        ledger=ledger,
+        faults=faults,
+    )
+    sts = StsServer(host, sts_port, ledger, faults)
+    sts.start()
+    runner = web.AppRunner(build_app(state), access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        await asyncio.to_thread(sts.stop)
+        raise
+    bound_port = int(runner.addresses[0][1])
+    return Emulator(runner, sts, state, _url(host, bound_port), _url(host, sts.port))
+
+
+__all__ = ["Emulator", "start_emulator"]

@@ -1,0 +1,117 @@
+"""Callers without a valid X.509-SVID never get a model call, over real mTLS.
+
+Some refusals happen in the TLS handshake (OpenSSL's chain and validity
+checks); the SPIFFE rules that TLS cannot express (one URI SAN, canonical ID,
+leaf not a CA, trust domain bound to the bundle that verified it) are ours and
+answer an AWS-shaped 403 with an audit record.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests import certs
+from tests.conftest import CHAT, HAIKU, PARTNER_DOMAIN, Emulator, Pki, ProxyHandle
+
+PATH = f"/model/{quote(HAIKU, safe='')}/converse"
+BODY = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+
+
+def attempt(proxy: ProxyHandle, cert: certs.CertPair | None) -> tuple[str, int, dict]:
+    """('tls', 0, {}) when the handshake or connection is refused, else ('http', status, body)."""
+    connection = proxy.connection(cert)
+    try:
+        connection.request("POST", PATH, body=BODY, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        status, headers, body = response.status, dict(response.getheaders()), response.read()
+    except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected):
+        return "tls", 0, {}
+    finally:
+        connection.close()
+    assert headers["x-amzn-ErrorType"] == "AccessDeniedException"
+    return "http", status, {**json.loads(body), "request_id": headers["x-amzn-RequestId"]}
+
+
+def _ca(tmp: Path) -> certs.CertPair:
+    return certs.CertPair(tmp / "ca.pem", tmp / "ca.key")
+
+
+TLS_REFUSED: dict[str, Callable[[Pki, Path], certs.CertPair | None]] = {
+    "no-certificate": lambda pki, tmp: None,
+    "expired": lambda pki, tmp: certs.expired_svid(pki.dir, CHAT, "e2e-expired"),
+    "unknown-ca": lambda pki, tmp: certs.svid_from_unknown_ca(tmp / "rogue", CHAT),
+    "untrusted-trust-domain": lambda pki, tmp: certs.good_svid(
+        certs.make_ca(tmp / "other", "other.test").dir, "spiffe://other.test/ns/x/sa/y"
+    ),
+}
+
+SVID_REFUSED: dict[str, tuple[Callable[[Pki, Path], certs.CertPair], str]] = {
+    "two-uri-sans": (lambda pki, tmp: certs.two_uri_sans(pki.dir, "e2e-two-uris"), "URI SAN"),
+    "no-uri-san": (lambda pki, tmp: certs.no_uri_san(pki.dir, "e2e-no-uri"), "URI SAN"),
+    "non-canonical-id": (
+        lambda pki, tmp: certs.non_canonical_svid(pki.dir, name="e2e-noncanon"),
+        "SPIFFE ID",
+    ),
+    "id-of-another-trust-domain": (
+        lambda pki, tmp: certs.cross_domain_svid(
+            pki.dir, f"spiffe://{PARTNER_DOMAIN}/ns/demo/sa/chat", "e2e-cross"
+        ),
+        "trust domain",
+    ),
+    "leaf-with-cert-sign": (
+        lambda pki, tmp: certs.leaf_with_cert_sign(pki.dir, "e2e-certsign"),
+        "keyCertSign",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TLS_REFUSED))
+def test_refused_in_the_handshake(
+    proxy: ProxyHandle, emulator: Emulator, pki: Pki, tmp_path: Path, case: str
+) -> None:
+    kind, status, _ = attempt(proxy, TLS_REFUSED[case](pki, tmp_path))
+    assert (kind, status) == ("tls", 0)
+    assert emulator.requests() == []
+
+
+@pytest.mark.parametrize("case", sorted(SVID_REFUSED))
+def test_refused_by_svid_rules_with_audit(
+    proxy: ProxyHandle, emulator: Emulator, pki: Pki, tmp_path: Path, case: str
+) -> None:
+    make, expected = SVID_REFUSED[case]
+    kind, status, body = attempt(proxy, make(pki, tmp_path))
+    assert (kind, status) == ("http", 403)
+    assert expected.lower() in body["message"].lower()
+    assert emulator.requests() == []
+    [record] = proxy.request_of(body["request_id"])
+    assert record["event"] == "denied"
+    assert record["error"]["code"] == "identity_invalid"
+    assert record["decision"] is None, "policy is never asked for an unverified identity"
+
+
+def test_ca_certificate_as_client_is_refused(
+    proxy: ProxyHandle, emulator: Emulator, pki: Pki
+) -> None:
+    # OpenSSL may accept a trusted root as its own chain; our leaf rules must not.
+    kind, status, body = attempt(proxy, certs.ca_as_client(pki.dir, name="e2e-ca-client"))
+    assert kind == "tls" or (status == 403 and "CA" in body["message"])
+    assert emulator.requests() == []
+
+
+def test_valid_svid_of_a_trust_domain_policy_does_not_accept(
+    proxy: ProxyHandle, emulator: Emulator, pki: Pki
+) -> None:
+    partner = certs.good_svid(pki.partner_dir, f"spiffe://{PARTNER_DOMAIN}/ns/demo/sa/chat")
+    kind, status, body = attempt(proxy, partner)
+    assert (kind, status) == ("http", 403)
+    assert "trust_domain_not_accepted" in body["message"]
+    [record] = proxy.request_of(body["request_id"])
+    assert record["spiffe_id"] == f"spiffe://{PARTNER_DOMAIN}/ns/demo/sa/chat"
+    assert record["decision"]["allow"] is False
