@@ -66,7 +66,7 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         "decision_id": decision.decision_id if decision else None,
         "policy_revision": decision.policy_revision if decision else None,
         "spiffe_id": identity.spiffe_id if identity else None,
-        "owner": None,
+        "owner": decision.owner if decision else None,
         "task_id": ctx.task_id,
         "operation": route.operation if route else None,
         "model_id": ctx.model.id if ctx.model else None,

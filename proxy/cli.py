@@ -15,11 +15,18 @@ from proxy.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        # The emulator owns its flags (and their --help).
+        from proxy.emulator.__main__ import main as emulator_main
+
+        result: int = emulator_main(argv[1:])
+        return result
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        result: int = args.run(args)
-        return result
+        outcome: int = args.run(args)
+        return outcome
     except (ConfigError, ValueError, FileExistsError) as exc:
         print(f"bedrock-proxy: {exc}", file=sys.stderr)
         return 2
@@ -48,9 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--ttl", default="1h")
     issue.set_defaults(run=_ca_issue)
 
-    emulator = verbs.add_parser("emulator", help="local bedrock-runtime and STS")
-    emulator.add_argument("args", nargs=argparse.REMAINDER)
-    emulator.set_defaults(run=_emulator)
+    verbs.add_parser("emulator", help="local bedrock-runtime and STS (see emulator --help)")
 
     dev = verbs.add_parser("dev", help="the local stack")
     dev_verbs = dev.add_subparsers(dest="dev_verb", required=True)
@@ -91,13 +96,6 @@ def _ca_issue(args: argparse.Namespace) -> int:
     cert, key = devca.issue_svid(args.dir, args.spiffe_id, args.out, devca.parse_ttl(args.ttl))
     print(f"{cert}\n{key}")
     return 0
-
-
-def _emulator(args: argparse.Namespace) -> int:
-    from proxy.emulator import main as emulator_main
-
-    result: int = emulator_main(args.args)
-    return result
 
 
 def _dev_up(args: argparse.Namespace) -> int:

@@ -79,6 +79,7 @@ class Decision:
     obligations: Obligations | None
     decision_id: str
     policy_revision: str | None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,14 @@ def parse_decision(answer: object, *, fallback_id: str) -> Decision:
             detail=f"decision {decision_id}: result is undefined or not an object",
         )
     reasons = tuple(r for r in result.get("reasons") or () if isinstance(r, str))
+    owner = _text(result.get("owner"))
     if result.get("allow") is not True:
         if "allow" not in result or not isinstance(result.get("allow"), bool):
             reasons += ("policy_error: the decision has no boolean 'allow'",)
-        return Decision(False, reasons or ("denied by policy",), None, decision_id, revision)
+        reasons = reasons or ("denied by policy",)
+        return Decision(False, reasons, None, decision_id, revision, owner)
     obligations = parse_obligations(result.get("obligations"), decision_id)
-    return Decision(True, reasons, obligations, decision_id, revision)
+    return Decision(True, reasons, obligations, decision_id, revision, owner)
 
 
 def parse_obligations(raw: object, decision_id: str) -> Obligations:

@@ -57,7 +57,7 @@ class ResponseObserver:
         if not self._stream and self._json and not self._json_overflow:
             try:
                 doc = json.loads(self._json)
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting must not break the relay
                 doc = None
             if isinstance(doc, dict):
                 self._from_document(doc)
@@ -70,7 +70,8 @@ class ResponseObserver:
             ("x-amzn-bedrock-output-token-count", "output_tokens"),
         ):
             value = lowered.get(key, "")
-            if value.isdigit():
+            # ASCII only: str.isdigit() also accepts digits int() cannot parse ("²").
+            if value.isascii() and value.isdigit():
                 setattr(self.observation, attr, int(value))
 
     def _feed_events(self, chunk: bytes) -> None:
@@ -92,7 +93,7 @@ class ResponseObserver:
             return
         try:
             payload = json.loads(message.payload) if message.payload else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(payload, dict):
             return
@@ -106,7 +107,7 @@ class ResponseObserver:
         # InvokeModelWithResponseStream: the provider's own event, base64 in "bytes".
         try:
             inner = json.loads(base64.b64decode(payload.get("bytes", "")))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return
         if not isinstance(inner, dict):
             return
@@ -117,7 +118,8 @@ class ResponseObserver:
 
     def _from_converse_event(self, event_type: str, payload: dict[str, Any]) -> None:
         if event_type == "contentBlockStart":
-            tool = payload.get("start", {}).get("toolUse", {})
+            start = payload.get("start")
+            tool = start.get("toolUse") if isinstance(start, dict) else None
             if isinstance(tool, dict) and isinstance(tool.get("name"), str):
                 self.observation.tool_calls.append(tool["name"])
         elif event_type == "messageStop":

@@ -19,11 +19,18 @@ default decision := {
 	"allow": false,
 	"reasons": ["policy_error: the runtime decision could not be evaluated"],
 	"obligations": {},
+	"owner": null,
 }
 
-decision := {"allow": true, "reasons": [], "obligations": obligations} if allow
+decision := {"allow": true, "reasons": [], "obligations": obligations, "owner": owner} if allow
 
-decision := {"allow": false, "reasons": sort(deny), "obligations": {}} if not allow
+decision := {"allow": false, "reasons": sort(deny), "obligations": {}, "owner": owner} if not allow
+
+# The owning team goes into every audit record (null when there is none).
+owner := workload.owner.team if {
+	registered
+	lib.has_owner(workload)
+} else := null
 
 default allow := false
 

@@ -267,7 +267,7 @@ allowances := {
 
 test_allowed[name] if {
 	some name, tc in allowances
-	run(tc) == {"allow": true, "reasons": [], "obligations": tc.obligations}
+	object.remove(run(tc), ["owner"]) == {"allow": true, "reasons": [], "obligations": tc.obligations}
 }
 
 model_for(op) := null if {
@@ -317,7 +317,7 @@ test_malformed_input_is_a_well_formed_deny[name] if {
 	decision.allow == false
 	decision.obligations == {}
 	count(decision.reasons) > 0
-	object.keys(decision) == {"allow", "reasons", "obligations"}
+	object.keys(decision) == {"allow", "reasons", "obligations", "owner"}
 }
 
 test_no_input_is_a_well_formed_deny if {
@@ -328,6 +328,7 @@ test_no_input_is_a_well_formed_deny if {
 			"workload_not_registered: null (owner none) is not a registered workload",
 		],
 		"obligations": {},
+		"owner": null,
 	}
 }
 
@@ -339,4 +340,9 @@ test_empty_registry_denies if {
 test_no_accepted_trust_domain_denies if {
 	decision := authz.decision with input as base with data.bedrock.trust_domains as []
 	codes(decision) == {"trust_domain_not_accepted"}
+}
+
+test_owner_is_reported_for_the_audit_record if {
+	authz.decision.owner == "team-demo" with input as base
+	authz.decision.owner == null with input as object.union(base, {"identity": {"spiffe_id": "spiffe://example.org/ns/demo/sa/orphan"}})
 }

@@ -55,6 +55,7 @@ def test_invoke_model_allowed_and_audited(proxy: ProxyHandle, emulator: Emulator
     assert [r["event"] for r in records] == ["authorized", "completed"]
     authorized, completed = records
     assert authorized["spiffe_id"] == CHAT
+    assert authorized["owner"] == "team-demo"
     assert authorized["model_id"] == HAIKU
     assert authorized["region"] == "us-east-1"
     assert authorized["decision"]["allow"] is True
