@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import structlog
 
 from proxy.context import RequestContext
-from proxy.errors import AuditUnavailable
+from proxy.errors import AuditUnavailable, ConfigError
 
 
 class AuditLog:
@@ -28,7 +28,12 @@ class AuditLog:
         if path == "-":
             stream: TextIO = sys.stdout
         else:
-            stream = self._owned = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            try:
+                stream = self._owned = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ConfigError(
+                    f"audit.path {path} cannot be opened for appending: {exc}"
+                ) from exc
         self._logger = structlog.wrap_logger(
             structlog.WriteLogger(stream),
             processors=[

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from proxy.errors import ConfigError
 from proxy.region import is_region
@@ -103,7 +103,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
 def _check_upstream(settings: Settings) -> None:
     sample = settings.upstream_url.replace("{region}", settings.default_region)
     parts = urlsplit(sample)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if parts.scheme not in ("https", "http") or not parts.hostname or not _port_ok(parts):
         raise ConfigError(f"upstream.url {settings.upstream_url!r} must be an http(s) URL")
     if parts.path not in ("", "/") or parts.query:
         raise ConfigError("upstream.url must not carry a path or query")
@@ -114,6 +114,15 @@ def _check_upstream(settings: Settings) -> None:
             "upstream.url uses plain HTTP to a non-loopback host; set "
             "upstream.insecure_upstream_http = true only if you really mean it"
         )
+
+
+def _port_ok(parts: SplitResult) -> bool:
+    # urlsplit defers port parsing; without this a bad port fails at first use.
+    try:
+        parts.port  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:
@@ -199,7 +208,7 @@ class _Reader:
     def url(self, section: str, key: str, default: str) -> str:
         value = self.string(section, key, default)
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname or not _port_ok(parts):
             raise ConfigError(f"{section}.{key} must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
 

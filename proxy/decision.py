@@ -36,7 +36,7 @@ DECISION_PACKAGE = "bedrock.authz"
 DECISION_RULE = "decision"
 AUDIT_CAPTURE = ("none", "hash", "redacted", "full")
 # Matched with fullmatch: "$" would also accept a trailing newline.
-_ROLE_ARN = re.compile(r"arn:aws(-us-gov|-cn)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_ROLE_ARN = re.compile(r"arn:aws(-us-gov|-cn)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
 _GUARDRAIL_VERSION = re.compile(r"[1-9][0-9]{0,7}|DRAFT")
 # botocore's GuardrailIdentifier pattern, without the empty string and with the
 # partition suffix narrowed from [^:] to [a-z-]: the value becomes an HTTP header

@@ -82,7 +82,9 @@ class ResponseObserver:
                 self.observation.frames += 1
                 self._from_event(message)
         except ParserError:
+            # A frame we cannot parse: stop watching; the bytes still flow untouched.
             self._events = None
+            self._json_overflow = True
 
     def _from_event(self, message: EventStreamMessage) -> None:
         headers = message.headers

@@ -73,7 +73,10 @@ def sign_request(
     credentials: SessionCredentials,
     region: str,
 ) -> dict[str, str]:
-    """Headers to send: ``headers`` plus Host, X-Amz-Date, the token and Authorization."""
+    """Headers to send: ``headers`` plus X-Amz-Date, the token and Authorization.
+
+    Host is signed but not returned: aiohttp sends the same Host for the same URL.
+    """
     request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
     signer = SigV4Auth(
         Credentials(

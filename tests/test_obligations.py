@@ -255,7 +255,7 @@ def test_max_output_tokens_unknown_provider_is_unenforceable(
     [_obligations(guardrail=GUARDRAIL), _obligations(max_output_tokens=10)],
     ids=["guardrail", "max_output_tokens"],
 )
-@pytest.mark.parametrize("operation", ["StartAsyncInvoke", "ApplyGuardrail"])
+@pytest.mark.parametrize("operation", ["StartAsyncInvoke"])
 def test_operation_without_carrier_is_unenforceable(
     operation: str, obligations: Obligations
 ) -> None:
@@ -274,8 +274,11 @@ def test_operation_without_carrier_is_unenforceable(
         _obligations(guardrail=GUARDRAIL, max_output_tokens=10, audit_capture="full"),
     ],
 )
-def test_count_tokens_is_untouched(obligations: Obligations) -> None:
-    route, model = _route("CountTokens")
+@pytest.mark.parametrize("operation", ["CountTokens", "ApplyGuardrail"])
+def test_operations_without_model_output_are_untouched(
+    operation: str, obligations: Obligations
+) -> None:
+    route, model = _route(operation)
     headers = {"content-type": "application/json"}
     body = b'{"input": {"converse": {"messages": []}}}'
     assert apply_obligations(route, model, headers, body, obligations) == (headers, body)
