@@ -11,13 +11,8 @@ audit record as ``detail``.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -28,7 +23,7 @@ from proxy.context import RequestContext
 from proxy.credentials import CredentialBroker, make_sts_client
 from proxy.decision import OpaDecider
 from proxy.errors import AuditUnavailable, ProxyError, UnknownOperation
-from proxy.identity import TrustBundles, server_ssl_context
+from proxy.identity import TrustBundles, VerifiedIdentities
 from proxy.pipeline import DataPlane
 from proxy.upstream import Upstream
 
@@ -118,7 +113,7 @@ def _components(settings: Settings) -> Callable[[web.Application], AsyncIterator
         app[AUDIT] = audit
         app[DATA_PLANE] = DataPlane(
             settings=settings,
-            bundles=TrustBundles.load(settings.trust_bundles),
+            identities=VerifiedIdentities(TrustBundles.load(settings.trust_bundles)),
             decider=decider,
             broker=broker,
             upstream=upstream,
@@ -141,52 +136,3 @@ def build_admin_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", handle_health)
     return app
-
-
-async def serve(settings: Settings, *, ready_file: Path | None = None) -> None:
-    """Run both listeners until SIGINT/SIGTERM."""
-    bundles = TrustBundles.load(settings.trust_bundles)
-    ssl_context = server_ssl_context(settings.server_cert, settings.server_key, bundles)
-    data_runner = web.AppRunner(build_data_app(settings), handler_cancellation=True)
-    admin_runner = web.AppRunner(build_admin_app())
-    await data_runner.setup()
-    await admin_runner.setup()
-    data_site = web.TCPSite(
-        data_runner, settings.data_listen.host, settings.data_listen.port, ssl_context=ssl_context
-    )
-    admin_site = web.TCPSite(
-        admin_runner,
-        settings.admin_listen.host,
-        settings.admin_listen.port,
-        ssl_context=ssl_context,
-    )
-    await data_site.start()
-    await admin_site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    if ready_file is not None:
-        _write_ready(ready_file, data_runner, admin_runner)
-    try:
-        await stop.wait()
-    finally:
-        await data_runner.cleanup()
-        await admin_runner.cleanup()
-
-
-def _bound_port(runner: web.AppRunner) -> int:
-    server = next(iter(runner.sites))._server  # aiohttp has no public accessor
-    assert server is not None and server.sockets  # type: ignore[attr-defined]
-    port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    return port
-
-
-def _write_ready(path: Path, data: web.AppRunner, admin: web.AppRunner) -> None:
-    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(
-        json.dumps(
-            {"data_port": _bound_port(data), "admin_port": _bound_port(admin), "pid": os.getpid()}
-        )
-    )
-    tmp.replace(path)

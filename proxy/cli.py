@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import urllib.error
@@ -39,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = verbs.add_parser("serve", help="run the proxy (data and admin listeners)")
     serve.add_argument("--config", type=Path, required=True)
     serve.add_argument("--ready-file", type=Path, help="write bound ports here once listening")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="worker processes sharing the ports"
+    )
     serve.set_defaults(run=_serve)
 
     dev_ca = verbs.add_parser("dev-ca", help="a local SPIFFE CA for demos and tests")
@@ -73,13 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from proxy.app import serve
-    from proxy.config import load_settings
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be from 1 to 64")
+    return value
 
-    settings = load_settings(args.config)
-    asyncio.run(serve(settings, ready_file=args.ready_file))
-    return 0
+
+def _serve(args: argparse.Namespace) -> int:
+    from proxy.config import load_settings
+    from proxy.server import run
+
+    return run(load_settings(args.config), workers=args.workers, ready_file=args.ready_file)
 
 
 def _ca_init(args: argparse.Namespace) -> int:

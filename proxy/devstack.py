@@ -191,10 +191,13 @@ def proxy_environment() -> dict[str, str]:
     return env
 
 
-def start_proxy(directory: Path, config: Path) -> tuple[subprocess.Popen[bytes], dict]:
+def start_proxy(
+    directory: Path, config: Path, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], dict]:
     ready = directory / "proxy.ready.json"
     ready.unlink(missing_ok=True)
     command = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
+    command += ["--workers", str(workers)]
     process = spawn(
         [*command, "--ready-file", str(ready)], directory / "proxy.log", proxy_environment()
     )

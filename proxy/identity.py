@@ -357,3 +357,30 @@ def _load_bundle(trust_domain: str, path: Path, now: datetime) -> tuple[x509.Cer
 
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class VerifiedIdentities:
+    """Remembers certificates that already verified, so a keep-alive client pays once.
+
+    A hit still re-checks expiry against ``now``; failures are never cached, so a
+    bad certificate is re-examined (and refused) every time. Bounded: the oldest
+    entries go first. One instance per TrustBundles: new bundles, new cache.
+    """
+
+    def __init__(self, bundles: TrustBundles, *, capacity: int = 4096) -> None:
+        self.bundles = bundles
+        self._capacity = capacity
+        self._verified: dict[tuple[bytes, tuple[bytes, ...]], WorkloadIdentity] = {}
+
+    def identify(
+        self, der_leaf: bytes | None, now: datetime, intermediates: Sequence[bytes] = ()
+    ) -> WorkloadIdentity:
+        key = (der_leaf or b"", tuple(intermediates))
+        known = self._verified.get(key)
+        if known is not None and now <= known.not_after:
+            return known
+        identity = identity_from_peer(der_leaf, self.bundles, now, intermediates=intermediates)
+        if len(self._verified) >= self._capacity:
+            del self._verified[next(iter(self._verified))]
+        self._verified[key] = identity
+        return identity

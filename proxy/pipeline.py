@@ -31,7 +31,7 @@ from proxy.context import RequestContext
 from proxy.credentials import CredentialBroker, CredentialScope
 from proxy.decision import Guardrail, OpaDecider, PolicyQuery, build_opa_input
 from proxy.errors import BodyTooLarge, IdentityMissing, InvalidRequest, PolicyDenied
-from proxy.identity import TrustBundles, identity_from_peer, peer_certificates
+from proxy.identity import VerifiedIdentities, peer_certificates
 from proxy.models import ModelRef, parse_model_id
 from proxy.obligations import apply_obligations
 from proxy.operations import Route, parse_route
@@ -46,7 +46,7 @@ _JSON_BODY_OPERATIONS = {"Converse", "ConverseStream", "CountTokens", "StartAsyn
 @dataclass(frozen=True)
 class DataPlane:
     settings: Settings
-    bundles: TrustBundles
+    identities: VerifiedIdentities
     decider: OpaDecider
     broker: CredentialBroker
     upstream: Upstream
@@ -55,9 +55,7 @@ class DataPlane:
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         leaf, intermediates = _peer_certificates(request)
-        ctx.identity = identity_from_peer(
-            leaf, self.bundles, self.clock(), intermediates=intermediates
-        )
+        ctx.identity = self.identities.identify(leaf, self.clock(), intermediates)
         route = ctx.route = parse_route(request.method, request.raw_path)
         body = await _read_body(request, self.settings.max_body_bytes)
         ctx.bytes_in = len(body)

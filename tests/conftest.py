@@ -193,7 +193,7 @@ class ProxyFactory:
         self._started: list[subprocess.Popen[bytes]] = []
         self._handles: list[ProxyHandle] = []
 
-    def __call__(self, opa_url: str, **options: Any) -> ProxyHandle:
+    def __call__(self, opa_url: str, *, workers: int = 1, **options: Any) -> ProxyHandle:
         directory = self._tmp.mktemp("proxy")
         config = devstack.write_proxy_config(
             directory / "proxy.toml",
@@ -207,7 +207,7 @@ class ProxyFactory:
             },
             **options,
         )
-        process, ports = devstack.start_proxy(directory, config)
+        process, ports = devstack.start_proxy(directory, config, workers)
         self._started.append(process)
         port = ports["data_port"]
         handle = ProxyHandle(

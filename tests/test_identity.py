@@ -15,6 +15,7 @@ from proxy import devca
 from proxy.errors import ConfigError, IdentityInvalid, IdentityMissing
 from proxy.identity import (
     TrustBundles,
+    VerifiedIdentities,
     WorkloadIdentity,
     identity_from_peer,
     peer_certificates,
@@ -390,3 +391,33 @@ async def test_handshake_then_identity(pki: Pki, mint: Mint, answer: str) -> Non
         assert await _call(listener.port, pki.a / "ca.pem", mint(pki)) == answer
         assert listener.handled == [answer]
         assert listener.tls_failures == []
+
+
+# --- the verified-certificate cache -------------------------------------------------
+
+
+def test_cache_returns_the_verified_identity_until_it_expires(pki: Pki) -> None:
+    cache = VerifiedIdentities(pki.bundles)
+    good = certs.good_svid(pki.a, ttl=timedelta(minutes=10))
+    first = cache.identify(good.der(), _now())
+    assert cache.identify(good.der(), _now()) is first
+    with pytest.raises(IdentityInvalid, match="expired at"):
+        cache.identify(good.der(), _now() + timedelta(minutes=11))
+
+
+def test_cache_never_remembers_a_refusal(pki: Pki) -> None:
+    cache = VerifiedIdentities(pki.bundles)
+    bad = certs.two_uri_sans(pki.a)
+    for _ in range(2):
+        with pytest.raises(IdentityInvalid, match="URI SANs"):
+            cache.identify(bad.der(), _now())
+    with pytest.raises(IdentityMissing):
+        cache.identify(None, _now())
+
+
+def test_cache_is_bounded(pki: Pki) -> None:
+    cache = VerifiedIdentities(pki.bundles, capacity=2)
+    pairs = [certs.good_svid(pki.a, name=f"n{i}") for i in range(3)]
+    identities = [cache.identify(p.der(), _now()) for p in pairs]
+    assert cache.identify(pairs[2].der(), _now()) is identities[2]
+    assert cache.identify(pairs[0].der(), _now()) is not identities[0]

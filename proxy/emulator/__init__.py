@@ -7,7 +7,10 @@ One process, two plain-HTTP listeners meant for loopback:
 - bedrock-runtime: an aiohttp app (``bedrock``) that verifies each SigV4
   signature against exactly those credentials, enforces their session policy,
   answers in bedrock's wire formats (event streams included, sent frame by
-  frame), and takes injected faults from ``/_emulator/faults``.
+  frame), and takes injected faults from ``/_emulator/faults``. Given a
+  certificate and key it is also served over TLS on a third listener (same
+  app, same state), so a benchmark can call it with the TLS settings it uses
+  for the proxy.
 
 It is a test double, not a security boundary: the listeners are plain HTTP
 and the control API is unauthenticated (loopback peers only). Its value is
@@ -18,6 +21,8 @@ handling and session-policy scoping are proven against something that says no.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 from aiohttp import web
 
@@ -26,8 +31,15 @@ from proxy.emulator.faults import FaultQueue
 from proxy.emulator.sts import StsLedger, StsServer
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """Server-only TLS (no client certificates): what bedrock-runtime's endpoint offers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 class Emulator:
@@ -40,12 +52,14 @@ class Emulator:
         state: EmulatorState,
         bedrock_url: str,
         sts_url: str,
+        bedrock_tls_url: str | None = None,
     ) -> None:
         self._runner = runner
         self._sts = sts
         self.state = state
         self.bedrock_url = bedrock_url
         self.sts_url = sts_url
+        self.bedrock_tls_url = bedrock_tls_url
 
     async def close(self) -> None:
         try:
@@ -61,9 +75,21 @@ async def start_emulator(
     sts_port: int = 0,
     frame_delay_s: float = 0.02,
     frames: int = 8,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_port: int = 0,
 ) -> Emulator:
+    """Start both listeners; with ``tls_cert``/``tls_key`` bedrock is also served over TLS.
+
+    The TLS listener is an addition, not a replacement: the plain listener
+    stays, so existing callers are unaffected, and a benchmark can give direct
+    and proxied calls the same TLS settings.
+    """
     if frame_delay_s < 0 or frames < 1:
         raise ValueError("frame_delay_s must be >= 0 and frames >= 1")
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key go together")
+    tls = None if tls_cert is None or tls_key is None else _server_tls(tls_cert, tls_key)
     faults = FaultQueue()
     ledger = StsLedger()
     state = EmulatorState(
@@ -78,12 +104,17 @@ async def start_emulator(
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
+        if tls is not None:
+            await web.TCPSite(runner, host, tls_port, ssl_context=tls).start()
     except BaseException:
         await runner.cleanup()
         await asyncio.to_thread(sts.stop)
         raise
     bound_port = int(runner.addresses[0][1])
-    return Emulator(runner, sts, state, _url(host, bound_port), _url(host, sts.port))
+    tls_url = None if tls is None else _url(host, int(runner.addresses[1][1]), "https")
+    return Emulator(
+        runner, sts, state, _url(host, bound_port), _url(host, sts.port), bedrock_tls_url=tls_url
+    )
 
 
 __all__ = ["Emulator", "start_emulator"]

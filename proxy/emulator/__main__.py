@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ready-file", type=Path, default=None)
     parser.add_argument("--frame-delay-ms", type=int, default=20)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, help="also serve bedrock over TLS (PEM chain)"
+    )
+    parser.add_argument("--tls-key", type=Path, default=None, help="key of --tls-cert (PEM)")
+    parser.add_argument("--tls-port", type=int, default=0)
     return parser
 
 
@@ -51,6 +56,9 @@ async def _serve(args: argparse.Namespace) -> None:
         sts_port=args.sts_port,
         frame_delay_s=args.frame_delay_ms / 1000,
         frames=args.frames,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_port=args.tls_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -62,6 +70,8 @@ async def _serve(args: argparse.Namespace) -> None:
             "sts_url": emulator.sts_url,
             "pid": os.getpid(),
         }
+        if emulator.bedrock_tls_url is not None:
+            document["bedrock_tls_url"] = emulator.bedrock_tls_url
         if args.ready_file is not None:
             write_ready_file(args.ready_file, document)
         print(json.dumps(document), flush=True)
@@ -74,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     if args.frames < 1 or args.frame_delay_ms < 0:
         print("--frames must be >= 1 and --frame-delay-ms >= 0", file=sys.stderr)
+        return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     asyncio.run(_serve(args))
     return 0
