@@ -7,10 +7,12 @@ BIN := $(VENV)/bin
 CACHE := .cache
 OPA_VERSION := v1.22.3
 OPA := $(CACHE)/bin/opa
+VEGETA_VERSION := v12.13.0
+VEGETA := $(CACHE)/bin/vegeta
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 export BEDROCK_PROXY_OPA := $(abspath $(OPA))
 
-.PHONY: all deps opa test lint policy-test demo clean
+.PHONY: all deps opa redis test lint policy-test demo bench clean
 
 all: test
 
@@ -43,11 +45,25 @@ lint: deps
 	$(BIN)/ruff check proxy tests
 	$(BIN)/mypy
 
-test: deps opa policy-test lint
+# The shared task store's tests start a real redis-server (Debian package).
+redis:
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
+test: deps opa redis policy-test lint
 	$(BIN)/pytest -q
 
 demo: deps opa
 	$(BIN)/python -m proxy.demo --dir demo-stack
+
+# Benchmarks (bench/README.md): starts its own stack, stops by itself, writes bench/results/.
+bench: deps $(OPA) $(VEGETA)
+	$(BIN)/python -m bench --vegeta $(abspath $(VEGETA)) $(BENCH_ARGS)
+
+$(VEGETA):
+	@test -x "$(GO)" || { echo "error: Go toolchain not found (needed to build vegeta $(VEGETA_VERSION)); install Go or set GO=/path/to/go" >&2; exit 1; }
+	mkdir -p $(CACHE)/bin
+	GOBIN=$(abspath $(CACHE)/bin) GOFLAGS=-mod=mod $(GO) install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION) \
+		|| { echo "error: building vegeta $(VEGETA_VERSION) from its Go module failed (see above)" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) $(CACHE) demo-stack

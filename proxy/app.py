@@ -17,19 +17,27 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from proxy.audit import AuditLog, terminal_record
+from proxy.audit import AuditLog, open_audit_log, terminal_record
+from proxy.classify import Classifier, PolicyRules
 from proxy.config import Settings
 from proxy.context import RequestContext
 from proxy.credentials import CredentialBroker, make_sts_client
 from proxy.decision import OpaDecider
 from proxy.errors import AuditUnavailable, ProxyError, UnknownOperation
 from proxy.identity import TrustBundles, VerifiedIdentities
+from proxy.metrics import Metrics
 from proxy.pipeline import DataPlane
+from proxy.task_api import TaskApi, TaskService, sweeper
+from proxy.task_store import open_store
 from proxy.upstream import Upstream
 
 DATA_PLANE = web.AppKey("data_plane", DataPlane)
+TASK_API = web.AppKey("task_api", TaskApi)
+DATA_APP = web.AppKey("data_app", web.Application)
 AUDIT = web.AppKey("audit", AuditLog)
+METRICS = web.AppKey("metrics", Metrics)
 CONTEXT = "bedrock_proxy.context"
+ADMIN_PACKAGE = "bedrock.admin"
 _log = structlog.get_logger("bedrock_proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,11 +75,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ctx.outcome = "internal_error"
         return error_response(ctx.error, ctx.request_id)
     finally:
-        _write_terminal(request.app[AUDIT], ctx)
+        _write_terminal(request.app[AUDIT], ctx, request.app.get(METRICS))
 
 
-def _write_terminal(audit: AuditLog, ctx: RequestContext) -> None:
+def _write_terminal(audit: AuditLog, ctx: RequestContext, metrics: Metrics | None) -> None:
     event, fields = terminal_record(ctx)
+    if metrics is not None:
+        metrics.observe_terminal(fields)
     try:
         audit.write(event, **fields)
     except AuditUnavailable:
@@ -82,16 +92,26 @@ async def handle_data_plane(request: web.Request) -> web.StreamResponse:
     return await request.app[DATA_PLANE].handle(request, request[CONTEXT])
 
 
-def build_data_app(settings: Settings) -> web.Application:
+def build_data_app(settings: Settings, *, worker: int = 0) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
+    app[METRICS] = Metrics()
+    # The task routes first: the catch-all below takes everything else.
+    app.router.add_post("/v1/tasks", _task_handler("open_task"))
+    app.router.add_get("/v1/tasks/{task_id}", _task_handler("get_task"))
+    app.router.add_delete("/v1/tasks/{task_id}", _task_handler("end_task"))
     app.router.add_route("*", "/{tail:.*}", handle_data_plane)
-    app.cleanup_ctx.append(_components(settings))
+    app.cleanup_ctx.append(_components(settings, worker))
     return app
 
 
-def _components(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+def _components(
+    settings: Settings, worker: int
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def setup(app: web.Application) -> AsyncIterator[None]:
-        audit = AuditLog(settings.audit_path)
+        metrics = app[METRICS]
+        audit = open_audit_log(
+            settings, worker=worker, observe_write=metrics.audit_write_seconds.observe
+        )
         decider = OpaDecider(settings.opa_url, timeout_s=settings.opa_timeout_s)
         upstream = Upstream(
             connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -103,25 +123,48 @@ def _components(settings: Settings) -> Callable[[web.Application], AsyncIterator
             connect_timeout=settings.sts_timeout_s,
             read_timeout=settings.sts_timeout_s,
         )
+        for event in ("after-call.sts.AssumeRole", "after-call-error.sts.AssumeRole"):
+            sts.meta.events.register(event, metrics.sts_hook)
         broker = CredentialBroker(
             sts,
             clock=lambda: datetime.now(UTC),
             max_session_seconds=settings.max_session_seconds,
         )
+        admin_decider = OpaDecider(
+            settings.opa_url, timeout_s=settings.opa_timeout_s, package=ADMIN_PACKAGE
+        )
+        store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
+        tasks = TaskService(store, broker, audit, clock=lambda: datetime.now(UTC))
+        identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
         await decider.start()
+        classification_rules = PolicyRules(settings.opa_url, timeout_s=settings.opa_timeout_s)
+        await classification_rules.start()
+        await admin_decider.start()
         await upstream.start()
         app[AUDIT] = audit
         app[DATA_PLANE] = DataPlane(
             settings=settings,
-            identities=VerifiedIdentities(TrustBundles.load(settings.trust_bundles)),
+            identities=identities,
             decider=decider,
             broker=broker,
             upstream=upstream,
             audit=audit,
+            tasks=tasks,
+            metrics=metrics,
+            classifier=Classifier(classification_rules),
         )
-        yield
+        app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks)
+        checkpoints = asyncio.create_task(audit.run_checkpoints(settings.audit.checkpoint_seconds))
+        try:
+            async with sweeper(tasks, settings.task_sweep_interval_s):
+                yield
+        finally:
+            checkpoints.cancel()
         await upstream.close()
+        await store.close()
+        await admin_decider.close()
         await decider.close()
+        await classification_rules.close()
         audit.close()
 
     return setup
@@ -131,8 +174,49 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_admin_app() -> web.Application:
-    """The admin listener: separate socket, separate identity set; health only for now."""
+def _task_handler(name: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        api = request.app[TASK_API]
+        method: Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]] = getattr(
+            api, name
+        )
+        return await method(request, request[CONTEXT])
+
+    return handle
+
+
+def _admin_task_handler(name: str) -> Handler:
+    """Admin routes share the data app's components (one task store, one broker)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        async def inner(request: web.Request) -> web.StreamResponse:
+            api = request.app[DATA_APP][TASK_API]
+            method: Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]] = (
+                getattr(api, "admin_" + name)
+            )
+            return await method(request, request[CONTEXT])
+
+        # Same error mapping and terminal audit record as the data plane.
+        return await error_middleware(request, inner)
+
+    return handle
+
+
+def build_admin_app(data_app: web.Application | None = None) -> web.Application:
+    """The admin listener: separate socket, admin identities, decided by bedrock.admin."""
     app = web.Application()
     app.router.add_get("/healthz", handle_health)
+    if data_app is not None:
+        app[DATA_APP] = data_app
+        app[METRICS] = data_app[METRICS]
+        app.router.add_get("/metrics", data_app[METRICS].handle)
+        app.router.add_get("/admin/tasks", _admin_task_handler("list"))
+        app.router.add_post("/admin/tasks/{task_id}/revoke", _admin_task_handler("revoke"))
+        app.cleanup_ctx.append(_share_audit)
     return app
+
+
+async def _share_audit(app: web.Application) -> AsyncIterator[None]:
+    # The data app is set up first (server.py), so its audit log exists here.
+    app[AUDIT] = app[DATA_APP][AUDIT]
+    yield

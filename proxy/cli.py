@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from proxy import policy_check
 from proxy.errors import ConfigError
 
 
@@ -68,11 +66,55 @@ def _parser() -> argparse.ArgumentParser:
 
     policy = verbs.add_parser("policy", help="policy tools")
     policy_verbs = policy.add_subparsers(dest="policy_verb", required=True)
-    check = policy_verbs.add_parser("check", help="dry-run a decision for an OPA input")
-    check.add_argument("input", type=Path)
-    check.add_argument("--opa-url", default="http://127.0.0.1:8181")
-    check.set_defaults(run=_policy_check)
+    check = policy_verbs.add_parser("check", help="dry-run a decision; exit 0 allow, 1 deny")
+    policy_check.add_arguments(check)
+    check.set_defaults(run=policy_check.run)
+
+    audit = verbs.add_parser("audit", help="verify and read the audit stream")
+    audit_verbs = audit.add_subparsers(dest="audit_verb", required=True)
+    verify = audit_verbs.add_parser("verify", help="check chains and signatures (exit 1/3)")
+    verify.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    verify.add_argument("--public-key", type=Path, help="pin the signing key (PEM)")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=_audit_verify)
+    tail = audit_verbs.add_parser("tail", help="print records as a table or JSON")
+    tail.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    tail.add_argument("-f", "--follow", action="store_true")
+    tail.add_argument("--identity", help="SPIFFE ID")
+    tail.add_argument("--outcome")
+    tail.add_argument("--model", help="substring of the model id")
+    tail.add_argument("--since", help="10m, 2h, 1d or an ISO 8601 time")
+    tail.add_argument("--json", action="store_true")
+    tail.set_defaults(run=_audit_tail)
+    keygen = audit_verbs.add_parser("keygen", help="new Ed25519 signing key and FILE.pub")
+    keygen.add_argument("file", type=Path, metavar="FILE")
+    keygen.set_defaults(run=_audit_keygen)
     return parser
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from proxy.audit_cli import run_verify
+
+    return run_verify(args.files, public_key=args.public_key, as_json=args.json)
+
+
+def _audit_tail(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from proxy.audit_cli import TailFilter, parse_since, run_tail
+
+    since = parse_since(args.since, datetime.now(UTC)) if args.since else None
+    selector = TailFilter(args.identity, args.outcome, args.model, since)
+    try:
+        return run_tail(args.files, follow=args.follow, selector=selector, as_json=args.json)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _audit_keygen(args: argparse.Namespace) -> int:
+    from proxy.audit_cli import run_keygen
+
+    return run_keygen(args.file)
 
 
 def _positive(text: str) -> int:
@@ -109,22 +151,3 @@ def _dev_up(args: argparse.Namespace) -> int:
     from proxy.devstack import dev_up
 
     return dev_up(args.dir, args.policies)
-
-
-def _policy_check(args: argparse.Namespace) -> int:
-    from proxy.decision import DECISION_PACKAGE, DECISION_RULE
-
-    document = json.loads(args.input.read_text())
-    payload = {"input": document.get("input", document)}
-    url = f"{args.opa_url.rstrip('/')}/v1/data/{DECISION_PACKAGE.replace('.', '/')}/{DECISION_RULE}"
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            result = json.load(response).get("result")
-    except (urllib.error.URLError, TimeoutError) as exc:
-        print(f"bedrock-proxy: OPA at {args.opa_url} did not answer: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0 if isinstance(result, dict) and result.get("allow") is True else 1

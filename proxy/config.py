@@ -27,6 +27,21 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The ``[audit]`` keys beyond ``path`` (see docs/audit.md)."""
+
+    fsync: str = "always"  # "always": fsync per record; "batch": group fsync every batch_s
+    batch_s: float = 0.005
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 60.0
+    signing_key: Path | None = None
+    format: str = "json"  # or "ocsf"
+    rotate_bytes: int = 0  # 0: never by size
+    rotate_seconds: float = 0  # 0: never by age
+    connection_records_per_minute: int = 60
+
+
+@dataclass(frozen=True)
 class Settings:
     data_listen: Listen
     admin_listen: Listen
@@ -47,12 +62,28 @@ class Settings:
     max_body_bytes: int
     audit_path: str
     insecure_upstream_http: bool = False
+    audit: AuditSettings = AuditSettings()
+    shutdown_grace_s: float = 30.0
+    # "memory" (one process) or a redis:// / rediss:// URL shared by every replica.
+    task_store: str = "memory"
+    task_store_timeout_s: float = 0.5
+    task_sweep_interval_s: float = 1.0
 
     def upstream_base(self, region: str) -> str:
         return self.upstream_url.format(region=region).rstrip("/")
 
 
-_SECTIONS = {"listen", "tls", "trust_domains", "opa", "aws", "upstream", "limits", "audit"}
+_SECTIONS = {
+    "listen",
+    "tls",
+    "trust_domains",
+    "opa",
+    "aws",
+    "upstream",
+    "limits",
+    "audit",
+    "tasks",
+}
 
 
 def load_settings(path: Path) -> Settings:
@@ -79,7 +110,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         server_key=reader.existing_file("tls", "server_key"),
         trust_bundles=reader.trust_bundles(),
         opa_url=reader.url("opa", "url", "http://127.0.0.1:8181"),
-        opa_timeout_s=reader.millis("opa", "timeout_ms", 500),
+        opa_timeout_s=reader.millis("opa", "timeout_ms", 2000),
         default_region=reader.region("aws", "default_region", "us-east-1"),
         default_account=reader.account("aws", "default_account"),
         sts_endpoint=reader.optional_url("aws", "sts_endpoint"),
@@ -94,6 +125,11 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         max_body_bytes=reader.integer("limits", "max_body_bytes", 25_000_000, 1, 25_000_000),
         audit_path=reader.string("audit", "path", "audit.log"),
         insecure_upstream_http=reader.boolean("upstream", "insecure_upstream_http", False),
+        audit=reader.audit(),
+        shutdown_grace_s=reader.millis("limits", "shutdown_grace_ms", 30_000),
+        task_store=reader.task_store("tasks", "store", "memory"),
+        task_store_timeout_s=reader.millis("tasks", "timeout_ms", 500),
+        task_sweep_interval_s=reader.millis("tasks", "sweep_interval_ms", 1000),
     )
     reader.reject_unknown_keys()
     _check_upstream(settings)
@@ -211,6 +247,47 @@ class _Reader:
         if parts.scheme not in ("http", "https") or not parts.hostname or not _port_ok(parts):
             raise ConfigError(f"{section}.{key} must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    def task_store(self, section: str, key: str, default: str) -> str:
+        value = self.string(section, key, default)
+        if value == "memory":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not _port_ok(parts):
+            raise ConfigError(
+                f'{section}.{key} must be "memory" or a redis:// or rediss:// URL, got {value!r}'
+            )
+        return value
+
+    def choice(self, section: str, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.string(section, key, default)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{key} must be one of {list(allowed)}, got {value!r}")
+        return value
+
+    def audit(self) -> AuditSettings:
+        key = self._get("audit", "signing_key", None)
+        if key is not None and not isinstance(key, str):
+            raise ConfigError("audit.signing_key must be a path to an Ed25519 PEM key")
+        signing_key = self.path(key) if key else None
+        if signing_key is not None and not signing_key.is_file():
+            raise ConfigError(
+                f"audit.signing_key: file {signing_key} does not exist "
+                "(create one with `bedrock-proxy audit keygen FILE`)"
+            )
+        return AuditSettings(
+            fsync=self.choice("audit", "fsync", "always", ("always", "batch")),
+            batch_s=self.integer("audit", "batch_ms", 5, 1, 1000) / 1000,
+            checkpoint_every=self.integer("audit", "checkpoint_every", 1000, 1, 1_000_000),
+            checkpoint_seconds=self.integer("audit", "checkpoint_seconds", 60, 1, 86_400),
+            signing_key=signing_key,
+            format=self.choice("audit", "format", "json", ("json", "ocsf")),
+            rotate_bytes=self.integer("audit", "rotate_bytes", 0, 0, 1 << 40),
+            rotate_seconds=self.integer("audit", "rotate_seconds", 0, 0, 31 * 86_400),
+            connection_records_per_minute=self.integer(
+                "audit", "connection_records_per_minute", 60, 0, 100_000
+            ),
+        )
 
     def optional_url(self, section: str, key: str) -> str | None:
         if self._get(section, key, None) in (None, ""):

@@ -46,6 +46,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import math
 import re
 import string
 import unicodedata
@@ -105,6 +106,8 @@ class CredentialScope:
     actions: tuple[str, ...]
     classification: str
     session_seconds: int
+    # The end of the task: no session outlives it (beyond the STS minimum).
+    not_after: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resource_arns", tuple(sorted(set(self.resource_arns))))
@@ -239,12 +242,19 @@ def session_policy(scope: CredentialScope) -> str:
     return text
 
 
-def duration_seconds(scope: CredentialScope, max_session_seconds: int) -> int:
-    upper = min(MAX_SESSION_SECONDS, max_session_seconds)
-    return max(MIN_SESSION_SECONDS, min(scope.session_seconds, upper))
+def duration_seconds(
+    scope: CredentialScope, max_session_seconds: int, now: datetime | None = None
+) -> int:
+    """Policy's duration, never past the task's end, within [900 s, the configured cap]."""
+    upper = min(MAX_SESSION_SECONDS, max_session_seconds, scope.session_seconds)
+    if scope.not_after is not None and now is not None:
+        upper = min(upper, math.ceil((scope.not_after - now).total_seconds()))
+    return max(MIN_SESSION_SECONDS, upper)
 
 
-def assume_role_params(scope: CredentialScope, max_session_seconds: int) -> dict[str, Any]:
+def assume_role_params(
+    scope: CredentialScope, max_session_seconds: int, now: datetime | None = None
+) -> dict[str, Any]:
     """The exact AssumeRole request for a scope."""
     return {
         "RoleArn": scope.role_arn,
@@ -252,7 +262,7 @@ def assume_role_params(scope: CredentialScope, max_session_seconds: int) -> dict
         "SourceIdentity": source_identity(scope.spiffe_id),
         "Policy": session_policy(scope),
         "Tags": session_tags(scope),
-        "DurationSeconds": duration_seconds(scope, max_session_seconds),
+        "DurationSeconds": duration_seconds(scope, max_session_seconds, now),
     }
 
 
@@ -375,18 +385,27 @@ class CredentialBroker:
             )
         return creds
 
-    def drop_task(self, task_id: str) -> int:
-        """Forget every credential of ``task_id`` at once, in-flight ones included."""
+    def task_ids(self) -> set[str]:
+        """Tasks that hold cached or in-flight credentials here (for the task sweeper)."""
+        scopes = [*self._cache, *self._inflight]
+        return {scope.task_id for scope in scopes if scope.task_id is not None}
+
+    def drop_task(self, task_id: str, *, in_flight: bool = True) -> int:
+        """Forget every credential of ``task_id`` at once, in-flight ones included.
+
+        ``in_flight=False`` leaves fetches running for calls already allowed (the
+        task's last call ended it); what they cache is swept with the task.
+        """
         dropped = {scope for scope in self._cache if scope.task_id == task_id}
         for scope in dropped:
             del self._cache[scope]
-        for scope in [s for s in self._inflight if s.task_id == task_id]:
+        for scope in [s for s in self._inflight if in_flight and s.task_id == task_id]:
             self._inflight.pop(scope).revoked = True
             dropped.add(scope)
         return len(dropped)
 
     async def _assume(self, scope: CredentialScope) -> SessionCredentials:
-        params = assume_role_params(scope, self._max_session_seconds)
+        params = assume_role_params(scope, self._max_session_seconds, self._clock())
         loop = asyncio.get_running_loop()
         self._sts_calls += 1
         try:

@@ -31,6 +31,8 @@ from proxy.errors import ObligationUnenforceable, PolicyUnavailable
 from proxy.identity import WorkloadIdentity
 from proxy.models import ModelRef
 from proxy.operations import Route
+from proxy.policy_revision import PolicyRevision
+from proxy.tasks import Task
 
 DECISION_PACKAGE = "bedrock.authz"
 DECISION_RULE = "decision"
@@ -96,6 +98,16 @@ class PolicyQuery:
     guardrail: Guardrail | None
     classification: Classification
     now: datetime
+    async_output: AsyncOutput | None = None
+    task: Task | None = None
+
+
+@dataclass(frozen=True)
+class AsyncOutput:
+    """Where StartAsyncInvoke would write its results: policy decides if that may leave."""
+
+    s3_uri: str | None
+    bucket_owner: str | None
 
 
 def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
@@ -116,20 +128,35 @@ def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
             "guardrail": None
             if query.guardrail is None
             else {"identifier": query.guardrail.identifier, "version": query.guardrail.version},
+            "async_output": None
+            if query.async_output is None
+            else {
+                "s3_uri": query.async_output.s3_uri,
+                "bucket_owner": query.async_output.bucket_owner,
+            },
         },
         "classification": query.classification.to_opa(),
-        # Tasks arrive with the task lifecycle; until then no call runs in one.
-        "task": None,
+        "task": None if query.task is None else query.task.to_opa(),
         "time": query.now.isoformat().replace("+00:00", "Z"),
     }
 
 
-def parse_decision(answer: object, *, fallback_id: str) -> Decision:
-    """Read OPA's ``/v1/data`` answer; anything short of a well-typed allow denies."""
+def parse_decision(
+    answer: object,
+    *,
+    fallback_id: str,
+    revision: str | None = None,
+    obligations_required: bool = True,
+) -> Decision:
+    """Read OPA's ``/v1/data`` answer; anything short of a well-typed allow denies.
+
+    ``obligations_required=False`` is for decisions that assume no AWS role (the
+    admin plane): an allow then carries ``obligations=None``.
+    """
     if not isinstance(answer, Mapping):
         raise PolicyUnavailable("The policy service gave no usable answer", detail="not an object")
     decision_id = _text(answer.get("decision_id")) or fallback_id
-    revision = _revision(answer.get("provenance"))
+    revision = _revision(answer.get("provenance")) or revision
     result = answer.get("result")
     if not isinstance(result, Mapping):
         raise PolicyUnavailable(
@@ -143,6 +170,8 @@ def parse_decision(answer: object, *, fallback_id: str) -> Decision:
             reasons += ("policy_error: the decision has no boolean 'allow'",)
         reasons = reasons or ("denied by policy",)
         return Decision(False, reasons, None, decision_id, revision, owner)
+    if not obligations_required:
+        return Decision(True, reasons, None, decision_id, revision, owner)
     obligations = parse_obligations(result.get("obligations"), decision_id)
     return Decision(True, reasons, obligations, decision_id, revision, owner)
 
@@ -224,7 +253,12 @@ def _revision(provenance: object) -> str | None:
 class OpaDecider:
     """Asks OPA for ``data.bedrock.authz.decision`` under a hard timeout."""
 
-    def __init__(self, opa_url: str, *, timeout_s: float) -> None:
+    def __init__(
+        self, opa_url: str, *, timeout_s: float, package: str = DECISION_PACKAGE
+    ) -> None:
+        # Only the runtime package yields obligations (the admin plane assumes no role).
+        self._package = package
+        self.revision = PolicyRevision(opa_url, timeout_s=max(timeout_s, 1.0))
         parts = urlsplit(opa_url)
         self._timeout_s = timeout_s
         self._client = AsyncOpaClient(
@@ -237,15 +271,17 @@ class OpaDecider:
 
     async def start(self) -> None:
         await self._client._init_session()
+        await self.revision.start()
 
     async def close(self) -> None:
+        await self.revision.close()
         await self._client.close_connection()
 
     async def decide(self, opa_input: dict[str, Any]) -> Decision:
         fallback_id = f"proxy-{uuid.uuid4()}"
         try:
             async with asyncio.timeout(self._timeout_s):
-                answer = await self._client.query_rule(opa_input, DECISION_PACKAGE, DECISION_RULE)
+                answer = await self._client.query_rule(opa_input, self._package, DECISION_RULE)
         except TimeoutError as exc:
             raise PolicyUnavailable(
                 "The policy service did not answer in time; the call was not made",
@@ -256,4 +292,9 @@ class OpaDecider:
                 "The policy service is unavailable; the call was not made",
                 detail=f"opa error: {type(exc).__name__}: {exc}",
             ) from exc
-        return parse_decision(answer, fallback_id=fallback_id)
+        return parse_decision(
+            answer,
+            fallback_id=fallback_id,
+            revision=self.revision.current,
+            obligations_required=self._package == DECISION_PACKAGE,
+        )

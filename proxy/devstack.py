@@ -104,6 +104,8 @@ def start_opa(
             "--addr",
             f"127.0.0.1:{port}",
             "--watch",
+            # Tests of the policy are not policy: keep them out of what decides.
+            "--ignore=*_test.rego",
             "--log-level",
             "error",
             "--set",
@@ -137,10 +139,16 @@ def write_proxy_config(
     emulator: Mapping[str, str],
     audit_log: Path,
     trust_domains: Mapping[str, Path] | None = None,
-    opa_timeout_ms: int = 500,
+    opa_timeout_ms: int = 2000,
     max_body_bytes: int = 25_000_000,
+    audit_options: Mapping[str, object] | None = None,
+    shutdown_grace_ms: int = 30_000,
 ) -> Path:
     bundles = trust_domains or {TRUST_DOMAIN: pki / "ca.pem"}
+    # Extra [audit] keys (fsync, signing_key, format, ...), rendered as TOML values.
+    audit_extra = "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in (audit_options or {}).items()
+    )
     domains = "\n".join(f'"{name}" = "{bundle}"' for name, bundle in bundles.items())
     path.write_text(
         f"""# Written by `bedrock-proxy dev up`: local defaults, not for production.
@@ -169,10 +177,11 @@ url = "{emulator["bedrock_url"]}"
 
 [limits]
 max_body_bytes = {max_body_bytes}
+shutdown_grace_ms = {shutdown_grace_ms}
 
 [audit]
 path = "{audit_log}"
-"""
+{audit_extra}"""
     )
     return path
 

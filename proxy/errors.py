@@ -99,3 +99,21 @@ class UpstreamUnavailable(ProxyError):
 
 class ConfigError(Exception):
     """Raised at start-up for a configuration a person must fix; never at request time."""
+
+
+class TaskRefused(ProxyError):
+    """The named task cannot be used: unknown, expired, ended or someone else's."""
+
+    status = 403
+    error_type = "AccessDeniedException"
+    code = "task_refused"
+    outcome = "denied"
+
+
+class StateUnavailable(ProxyError):
+    """The shared task store (Redis) cannot be reached: fail closed."""
+
+    status = 503
+    error_type = "ServiceUnavailableException"
+    code = "state_unavailable"
+    outcome = "state_unavailable"

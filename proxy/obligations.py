@@ -11,8 +11,9 @@ without the safeguard the policy asked for.
   the async-invoke reads generate nothing, so a guardrail or cap is moot there.
 - max_output_tokens: caps Converse ``inferenceConfig.maxTokens`` and the
   provider's own field in InvokeModel bodies we know the shape of.
-- audit_capture ``redacted`` needs the classification detectors; until they
-  exist it cannot be honoured and denies.
+- audit_capture: ``prompt_capture`` says what of the (obligation-edited)
+  prompt goes into the audit record: nothing, only its hash, the prompt with
+  every detector finding replaced by its kind (``redact.py``), or all of it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from proxy.decision import Obligations
 from proxy.errors import InvalidRequest, ObligationUnenforceable
 from proxy.models import ModelRef
 from proxy.operations import Route
+from proxy.redact import redacted_capture
 
 _CONVERSE = {"Converse", "ConverseStream"}
 _INVOKE = {"InvokeModel", "InvokeModelWithResponseStream"}
@@ -47,11 +49,6 @@ def apply_obligations(
     body: bytes,
     obligations: Obligations,
 ) -> tuple[dict[str, str], bytes]:
-    if obligations.audit_capture == "redacted":
-        raise ObligationUnenforceable(
-            "Policy obligation cannot be enforced: audit_capture 'redacted' needs "
-            "prompt detectors, which this proxy does not have yet"
-        )
     needs_body_change = obligations.guardrail is not None or obligations.max_output_tokens
     if not needs_body_change or route.operation in _MOOT:
         return headers, body
@@ -116,3 +113,17 @@ def _edit_json(body: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
         raise InvalidRequest("The request body must be a JSON object")
     edit(doc)
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def prompt_capture(mode: str, operation: str, body: bytes) -> tuple[bool, str | None]:
+    """(keep the prompt hash, captured text) for an ``audit_capture`` mode."""
+    if mode == "none":
+        return False, None
+    if mode == "hash":
+        return True, None
+    if mode == "redacted":
+        return True, redacted_capture(body, operation)
+    if mode == "full":
+        return True, body.decode("utf-8", errors="replace")
+    # decision.py admits only the four modes; anything else is a bug, so refuse.
+    raise ObligationUnenforceable(f"Policy obligation cannot be enforced: audit_capture {mode!r}")

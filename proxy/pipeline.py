@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,18 +26,27 @@ from typing import Any
 from aiohttp import web
 
 from proxy.audit import AuditLog, request_record
-from proxy.classify import classify
+from proxy.classify import Classifier
 from proxy.config import Settings
 from proxy.context import RequestContext
 from proxy.credentials import CredentialBroker, CredentialScope
-from proxy.decision import Guardrail, OpaDecider, PolicyQuery, build_opa_input
-from proxy.errors import BodyTooLarge, IdentityMissing, InvalidRequest, PolicyDenied
+from proxy.decision import AsyncOutput, Guardrail, OpaDecider, PolicyQuery, build_opa_input
+from proxy.errors import (
+    BodyTooLarge,
+    IdentityMissing,
+    InvalidRequest,
+    PolicyDenied,
+    TaskRefused,
+)
 from proxy.identity import VerifiedIdentities, peer_certificates
+from proxy.metrics import Metrics
 from proxy.models import ModelRef, parse_model_id
-from proxy.obligations import apply_obligations
+from proxy.obligations import apply_obligations, prompt_capture
 from proxy.operations import Route, parse_route
 from proxy.region import resolve_region
 from proxy.signing import forwardable_headers, sign_request
+from proxy.task_api import TaskService
+from proxy.tasks import CallRecord, Task
 from proxy.upstream import Upstream
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -52,6 +62,11 @@ class DataPlane:
     upstream: Upstream
     audit: AuditLog
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # None: no task store, so any X-Task-Id is refused as unknown.
+    tasks: TaskService | None = None
+    metrics: Metrics | None = None
+    # None: the built-in finding levels, no policy data.
+    classifier: Classifier | None = None
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         leaf, intermediates = _peer_certificates(request)
@@ -68,9 +83,18 @@ class DataPlane:
         ctx.model = _model(route, document, ctx.region, self.settings.default_account)
         ctx.account = (ctx.model.account if ctx.model else None) or self.settings.default_account
         ctx.task_id = _task_id(request.headers.get("X-Task-Id"))
-        ctx.classification = classify(request.headers.get("X-Data-Classification"), body)
+        task = await self._task(ctx.task_id, ctx.identity.spiffe_id)
+        classifier = self.classifier or Classifier(None)
+        ctx.classification = await classifier.classify(
+            request.headers.get("X-Data-Classification"),
+            body,
+            operation=route.operation,
+            spiffe_id=ctx.identity.spiffe_id,
+            document=document,
+        )
         ctx.prompt_sha256 = hashlib.sha256(body).hexdigest()
 
+        decide_started = time.monotonic()
         decision = ctx.decision = await self.decider.decide(
             build_opa_input(
                 PolicyQuery(
@@ -84,20 +108,36 @@ class DataPlane:
                     guardrail=_requested_guardrail(route, request, document),
                     classification=ctx.classification,
                     now=self.clock(),
+                    async_output=_async_output(route, document),
+                    task=task,
                 )
             )
         )
+        if self.metrics is not None:
+            self.metrics.decision_seconds.observe(time.monotonic() - decide_started)
         if not decision.allow or decision.obligations is None:
             raise PolicyDenied(
                 f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
             )
         obligations = decision.obligations
+        if task is not None and self.tasks is not None:
+            # Atomic check-and-count: concurrent calls cannot overrun max_calls.
+            task = await self.tasks.record_call(
+                task,
+                ctx.identity.spiffe_id,
+                CallRecord(
+                    ctx.model.id if ctx.model else None,
+                    ctx.classification.effective,
+                    _tool_names(document),
+                ),
+            )
         headers, body = apply_obligations(
             route, ctx.model, forwardable_headers(request.headers.items()), body, obligations
         )
-        if obligations.audit_capture == "full":
-            ctx.prompt_captured = body.decode("utf-8", errors="replace")
-        elif obligations.audit_capture == "none":
+        keep_hash, ctx.prompt_captured = await classifier.run(
+            len(body), prompt_capture, obligations.audit_capture, route.operation, body
+        )
+        if not keep_hash:
             ctx.prompt_sha256 = None
 
         ctx.scope = CredentialScope(
@@ -111,6 +151,7 @@ class DataPlane:
             actions=route.iam_actions,
             classification=ctx.classification.effective,
             session_seconds=obligations.session_seconds,
+            not_after=task.expires_at if task else None,
         )
         ctx.credentials = await self.broker.credentials_for(ctx.scope)
         url = self.settings.upstream_base(ctx.region) + route.wire_path
@@ -124,11 +165,29 @@ class DataPlane:
             credentials=ctx.credentials,
             region=ctx.region,
         )
-        self.audit.write("authorized", **request_record(ctx))
+        if task is not None and task.ended_reason is not None and self.tasks is not None:
+            # This was the task's last call: it is signed, so its credentials can go now.
+            self.tasks.release(task)
+        # Write-ahead: durable (per the fsync policy) before a byte goes upstream.
+        await self.audit.write_ahead("authorized", **request_record(ctx))
         ctx.authorized = True
-        return await self.upstream.relay(
-            request, ctx, method=route.method, url=url, headers=signed, body=body
-        )
+        relay_started = time.monotonic()
+        try:
+            return await self.upstream.relay(
+                request, ctx, method=route.method, url=url, headers=signed, body=body
+            )
+        finally:
+            if self.metrics is not None:
+                self.metrics.upstream_seconds.labels(route.operation).observe(
+                    time.monotonic() - relay_started
+                )
+
+    async def _task(self, task_id: str | None, spiffe_id: str) -> Task | None:
+        if task_id is None:
+            return None
+        if self.tasks is None:
+            raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
+        return await self.tasks.for_call(task_id, spiffe_id)
 
 
 def _peer_certificates(request: web.Request) -> tuple[bytes | None, list[bytes]]:
@@ -183,6 +242,17 @@ def _model(
         if not isinstance(model_id, str):
             raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
     return None if model_id is None else parse_model_id(model_id, region, account)
+
+
+def _async_output(route: Route, document: dict[str, Any] | None) -> AsyncOutput | None:
+    if route.operation != "StartAsyncInvoke":
+        return None
+    config = (document or {}).get("outputDataConfig")
+    s3 = config.get("s3OutputDataConfig") if isinstance(config, dict) else None
+    if not isinstance(s3, dict) or not isinstance(s3.get("s3Uri"), str):
+        raise InvalidRequest("StartAsyncInvoke needs outputDataConfig.s3OutputDataConfig.s3Uri")
+    owner = s3.get("bucketOwner")
+    return AsyncOutput(s3["s3Uri"], owner if isinstance(owner, str) else None)
 
 
 def _task_id(header: str | None) -> str | None:

@@ -32,11 +32,11 @@ def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None)
     ports = [sock.getsockname()[1] for sock in reserved]
     ready_read, ready_write = os.pipe()
     children = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
-            code = _worker(settings, ports, ready_write)
+            code = _worker(settings, ports, ready_write, index)
             os._exit(code)
         children.append(pid)
     os.close(ready_write)
@@ -67,11 +67,11 @@ def _listening(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: Settings, ports: list[int], ready_write: int) -> int:
+def _worker(settings: Settings, ports: list[int], ready_write: int, index: int) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
     try:
-        _run_loop(_serve_worker(settings, ports, ready_write))
+        _run_loop(_serve_worker(settings, ports, ready_write, index))
     except Exception as exc:  # start-up failures: say why, exit non-zero
         print(f"bedrock-proxy worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -87,11 +87,18 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coroutine)
 
 
-async def _serve_worker(settings: Settings, ports: list[int], ready_write: int) -> None:
+async def _serve_worker(
+    settings: Settings, ports: list[int], ready_write: int, index: int
+) -> None:
     bundles = TrustBundles.load(settings.trust_bundles)
     ssl_context = server_ssl_context(settings.server_cert, settings.server_key, bundles)
-    data_runner = web.AppRunner(build_data_app(settings), handler_cancellation=True)
-    admin_runner = web.AppRunner(build_admin_app())
+    # Each worker has its own audit file and hash chain (audit.log, audit-1.log, ...).
+    data_app = build_data_app(settings, worker=index)
+    # On SIGTERM in-flight streams get shutdown_grace_s to finish (and be audited).
+    data_runner = web.AppRunner(
+        data_app, handler_cancellation=True, shutdown_timeout=settings.shutdown_grace_s
+    )
+    admin_runner = web.AppRunner(build_admin_app(data_app))
     await data_runner.setup()
     await admin_runner.setup()
     listeners = [

@@ -31,6 +31,7 @@ CHAT = "spiffe://example.org/ns/demo/sa/chat"
 BATCH = "spiffe://example.org/ns/demo/sa/batch"
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 PARTNER_DOMAIN = "partner.test"
+LOG_EVENTS = {"chain_start", "chain_resumed", "checkpoint", "connection"}
 
 
 @dataclass
@@ -85,10 +86,18 @@ class ProxyHandle:
     process: subprocess.Popen[bytes]
     _clients: dict[str, Any] = field(default_factory=dict)
 
+    def audit_files(self) -> list[Path]:
+        """The audit file of every worker: audit.log, audit-1.log, ... (one chain each)."""
+        workers = sorted(self.audit_path.parent.glob(f"{self.audit_path.stem}-*.log"))
+        return [p for p in [self.audit_path, *workers] if p.exists()]
+
+    def all_records(self) -> list[dict[str, Any]]:
+        lines = [line for path in self.audit_files() for line in path.read_text().splitlines()]
+        return [json.loads(line) for line in lines]
+
     def records(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+        """Request-level records: chain bookkeeping and connection records left out."""
+        return [r for r in self.all_records() if r.get("event") not in LOG_EVENTS]
 
     def records_for(self, request_id: str) -> list[dict[str, Any]]:
         return [

@@ -3,16 +3,24 @@ names, and exactly one terminal record per request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from proxy.audit import AuditLog, request_record, terminal_record
+from proxy import ocsf
+from proxy.audit import AuditLog, open_audit_log, request_record, terminal_record
+from proxy.audit_chain import Signer, generate_key, load_signer
+from proxy.audit_cli import TailFilter, parse_since, run_tail, safe
+from proxy.audit_sinks import FileSink
+from proxy.audit_verify import verify
 from proxy.classify import Classification
+from proxy.config import AuditSettings
 from proxy.context import RequestContext
 from proxy.credentials import CredentialScope, SessionCredentials
 from proxy.decision import Decision, Guardrail, Obligations
@@ -53,17 +61,35 @@ def audit_path(tmp_path: Path) -> Path:
     return tmp_path / "audit.log"
 
 
+LOG_EVENTS = {"chain_start", "chain_resumed", "checkpoint", "connection"}
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
+    key = tmp_path_factory.mktemp("key") / "audit.key"
+    generate_key(key)
+    return load_signer(key)
+
+
+def open_log(path: Path, signer: Signer | None = None, **options: Any) -> AuditLog:
+    return AuditLog(FileSink(path), signer=signer, **options)
+
+
 @pytest.fixture
-def audit(audit_path: Path) -> Iterator[AuditLog]:
-    log = AuditLog(str(audit_path))
+def audit(audit_path: Path, signer: Signer) -> Iterator[AuditLog]:
+    log = open_log(audit_path, signer)
     try:
         yield log
     finally:
         log.close()
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _all(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [r for r in _all(path) if r["event"] not in LOG_EVENTS]
 
 
 def test_one_json_line_per_record(audit: AuditLog, audit_path: Path) -> None:
@@ -83,7 +109,7 @@ def test_one_json_line_per_record(audit: AuditLog, audit_path: Path) -> None:
 
 def test_append_keeps_earlier_records(audit_path: Path) -> None:
     for request_id in ("a", "b"):
-        log = AuditLog(str(audit_path))
+        log = open_log(audit_path)
         try:
             log.write("denied", request_id=request_id)
         finally:
@@ -105,7 +131,7 @@ def test_user_strings_cannot_break_or_forge_lines(
     )
     raw = audit_path.read_bytes()
     assert raw.isascii()  # ensure_ascii: no bidi, NUL or line separator survives raw
-    assert raw.count(b"\n") == 1 and raw.endswith(b"\n")
+    assert raw.count(b"\n") == 2 and raw.endswith(b"\n")  # chain_start + the record
     for forbidden in (b"\r", b"\x00", b"\x07", b"\x1b", b"\t"):
         assert forbidden not in raw
     (record,) = _records(audit_path)
@@ -117,7 +143,7 @@ def test_user_strings_cannot_break_or_forge_lines(
 
 def test_specific_escapes(audit: AuditLog, audit_path: Path) -> None:
     audit.write("denied", model_id='a"b\nc\u202ed\u0000')
-    line = audit_path.read_text()
+    line = audit_path.read_text().splitlines()[-1]
     assert r'"model_id":"a\"b\nc\u202ed\u0000"' in line
 
 
@@ -130,7 +156,7 @@ def test_non_json_values_are_stringified(audit: AuditLog, audit_path: Path) -> N
 
 
 def test_closed_log_raises_audit_unavailable(audit_path: Path) -> None:
-    log = AuditLog(str(audit_path))
+    log = open_log(audit_path)
     log.write("authorized", request_id="r1")
     log.close()
     with pytest.raises(AuditUnavailable) as info:
@@ -141,8 +167,11 @@ def test_closed_log_raises_audit_unavailable(audit_path: Path) -> None:
 
 
 def test_unwritable_path_is_a_start_up_error(tmp_path: Path) -> None:
+    settings: Any = SimpleNamespace(
+        audit_path=str(tmp_path / "missing-dir" / "audit.log"), audit=AuditSettings()
+    )
     with pytest.raises(ConfigError, match="audit.path"):
-        AuditLog(str(tmp_path / "missing-dir" / "audit.log"))
+        open_audit_log(settings)
 
 
 # --- records built from the request context ---------------------------------
@@ -320,3 +349,239 @@ def test_terminal_record_written_through_the_log(audit: AuditLog, audit_path: Pa
     assert record["outcome"] == "ok"
     assert record["ttfb_ms"] == 12.5
     assert SECRET not in audit_path.read_text()
+
+
+# --- hash chain, checkpoints and verify --------------------------------------
+
+
+def _chained_log(path: Path, signer: Signer, requests: int = 6, every: int = 4) -> None:
+    log = open_log(path, signer, checkpoint_every=every)
+    try:
+        for n in range(requests):
+            log.write("authorized", request_id=f"r{n}", model_id=HAIKU)
+            log.write("completed", request_id=f"r{n}", outcome="ok")
+    finally:
+        log.close()
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def _report(path: Path, signer: Signer, lines: list[bytes] | None = None) -> Any:
+    data = b"".join(line + b"\n" for line in lines) if lines is not None else path.read_bytes()
+    return verify([(str(path), data)], public_key=signer.public_raw)
+
+
+def test_intact_chain_verifies(audit_path: Path, signer: Signer) -> None:
+    _chained_log(audit_path, signer)
+    report = _report(audit_path, signer)
+    assert report.findings == [] and report.open_requests == []
+    assert report.exit_code == 0
+    assert report.checkpoints == 4  # every 4 records: 13 records -> 3, plus the final one
+    records = _all(audit_path)
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    assert records[-1]["event"] == "checkpoint" and records[-1]["final"] is True
+
+
+def _edit(lines: list[bytes]) -> list[bytes]:
+    lines[2] = lines[2].replace(b'"outcome":"ok"', b'"outcome":"denied"')
+    return lines
+
+
+def _rehash_from(lines: list[bytes], start: int) -> list[bytes]:
+    """What an attacker without the key can do: recompute every hash after an edit."""
+    import hashlib
+
+    from proxy.audit_chain import parse_line
+
+    out = lines[:start]
+    prev = parse_line(out[-1]).claimed_hash
+    for line in lines[start:]:
+        record = parse_line(line).record
+        record["prev_hash"] = prev
+        body = json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode()
+        prev = hashlib.sha256(body).hexdigest()
+        out.append(body[:-1] + b',"hash":"' + prev.encode() + b'"}')
+    return out
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kind"),
+    [
+        (_edit, "edited"),
+        (lambda lines: lines[:4] + lines[5:], "deleted"),
+        (lambda lines: lines[:3] + [lines[4], lines[3]] + lines[5:], "reordered"),
+        (lambda lines: lines[:-3], "unsealed_tail"),
+        (lambda lines: _rehash_from(_edit(lines), 2), "bad_signature"),
+        (lambda lines: lines[:3] + [b'{"event":"completed"}'] + lines[3:], "malformed"),
+    ],
+)
+def test_each_tampering_kind_is_detected(
+    audit_path: Path, signer: Signer, tamper: Any, kind: str
+) -> None:
+    _chained_log(audit_path, signer)
+    report = _report(audit_path, signer, tamper(_lines(audit_path)))
+    assert kind in {f.kind for f in report.findings}
+    assert report.exit_code == (3 if kind == "unsealed_tail" else 1)
+
+
+def test_rebuilt_chain_with_another_key_fails_when_pinned(
+    audit_path: Path, signer: Signer, tmp_path: Path
+) -> None:
+    generate_key(tmp_path / "other.key")
+    _chained_log(audit_path, load_signer(tmp_path / "other.key"))
+    pinned = _report(audit_path, signer)
+    assert pinned.exit_code == 1 and "bad_signature" in {f.kind for f in pinned.findings}
+    unpinned = verify([(str(audit_path), audit_path.read_bytes())], public_key=None)
+    assert unpinned.exit_code == 0
+
+
+def test_crash_leaves_an_open_request_and_resume_continues_the_chain(
+    audit_path: Path, signer: Signer
+) -> None:
+    log = open_log(audit_path, signer, checkpoint_every=100)
+    log.write("authorized", request_id="crashed")
+    # No close(): as after SIGKILL. The next run resumes the same chain.
+    second = open_log(audit_path, signer, checkpoint_every=100)
+    second.write("denied", request_id="later")
+    second.close()
+    records = _all(audit_path)
+    assert records[2]["event"] == "chain_resumed" and records[2]["previous_sealed"] is False
+    assert len({r["chain"] for r in records}) == 1
+    report = _report(audit_path, signer)
+    assert [r.request_id for r in report.open_requests] == ["crashed"]
+    assert not report.tampered and report.exit_code == 3
+
+
+def test_rotation_continues_the_chain(tmp_path: Path, signer: Signer) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(FileSink(path, max_bytes=600), signer=signer, checkpoint_every=1000)
+    for n in range(8):
+        log.write("denied", request_id=f"r{n}", outcome="denied")
+    log.close()
+    files = sorted(tmp_path.glob("audit.log*"))
+    assert len(files) > 2
+    report = verify([(str(f), f.read_bytes()) for f in reversed(files)], public_key=None)
+    assert report.exit_code == 0, report.findings
+    assert len(report.chains) == 1
+    one = verify([(str(path), path.read_bytes())], public_key=signer.public_raw)
+    assert one.notes and not one.tampered
+
+
+async def test_batch_fsync_holds_the_writer_until_synced(audit_path: Path) -> None:
+    synced: list[int] = []
+    sink = FileSink(audit_path)
+    original = sink.sync
+
+    def counting_sync() -> None:
+        original()
+        synced.append(1)
+
+    sink.sync = counting_sync  # type: ignore[method-assign]
+    log = AuditLog(sink, fsync="batch", batch_s=0.02)
+    await asyncio.gather(*(log.write_ahead("authorized", request_id=f"r{n}") for n in range(5)))
+    assert synced == [1]  # five write-aheads, one group fsync
+    log.close()
+
+
+async def test_write_ahead_refuses_when_the_sink_breaks(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = open_log(path)
+    await log.write_ahead("authorized", request_id="ok")
+    path.unlink()
+    path.mkdir()  # the path can no longer be reopened as a file
+    with pytest.raises(AuditUnavailable):
+        await log.write_ahead("authorized", request_id="refused")
+
+
+def test_connection_records_are_rate_limited(audit_path: Path) -> None:
+    log = open_log(audit_path, connection_records_per_minute=3)
+    for _ in range(10):
+        log.connection_failed("10.0.0.1", "tlsv1 alert unknown ca")
+    log.close()
+    connections = [r for r in _all(audit_path) if r["event"] == "connection"]
+    assert len(connections) == 3
+    assert connections[0]["peer"] == "10.0.0.1"
+
+
+# --- OCSF --------------------------------------------------------------------
+
+
+def test_ocsf_mapping_keeps_its_promises(tmp_path: Path, signer: Signer) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(FileSink(path), signer=signer, record_format="ocsf")
+    name, fields = terminal_record(_full_context())
+    log.write(name, **fields)
+    log.close()
+    (event,) = [r for r in _all(path) if r.get("class_uid") == 6003]
+    assert event["category_uid"] == 6 and event["type_uid"] == 600399
+    assert event["activity_name"] == "completed"
+    assert event["status_id"] == 1 and event["status"] == "Success"
+    assert event["actor"]["user"]["uid"] == "spiffe://example.org/ns/demo/sa/chat"
+    assert event["api"]["operation"] == "Converse"
+    assert event["api"]["service"]["name"] == "bedrock-runtime"
+    assert event["api"]["response"]["code"] == 200
+    assert event["resources"][0]["uid"].startswith("arn:aws:bedrock:us-east-1::foundation-model/")
+    assert event["src_endpoint"]["ip"] == "127.0.0.1:5555"
+    assert event["cloud"] == {"provider": "AWS", "region": "us-east-1", "account": {"uid": ACCT}}
+    assert isinstance(event["time"], int)
+    assert event["unmapped"]["usage"] == {"input_tokens": 10, "output_tokens": 20}
+    assert event["unmapped"]["aws_request_id"] == "aws-req-1"
+    native = ocsf.to_native(event)
+    assert {k: native[k] for k in ("event", "request_id", "outcome", "model_id")} == {
+        k: fields.get(k, name) for k in ("event", "request_id", "outcome", "model_id")
+    }
+    assert verify([(str(path), path.read_bytes())], public_key=signer.public_raw).exit_code == 0
+
+
+# --- tail ----------------------------------------------------------------------
+
+
+def test_tail_filters_and_escapes(audit_path: Path, signer: Signer) -> None:
+    log = open_log(audit_path, signer)
+    log.write(
+        "denied",
+        request_id="a",
+        spiffe_id="spiffe://x/a",
+        outcome="denied",
+        model_id="evil\u001b[2J\u202e",
+        ts_hint=1,
+    )
+    log.write("completed", request_id="b", spiffe_id="spiffe://x/b", outcome="ok", model_id=HAIKU)
+    log.close()
+    import io
+
+    out = io.StringIO()
+    run_tail(
+        [audit_path], follow=False, selector=TailFilter(outcome="denied"), as_json=False, out=out
+    )
+    text = out.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text and "\\u001b" in text
+    assert "spiffe://x/a" in text and "spiffe://x/b" not in text
+    out = io.StringIO()
+    run_tail(
+        [audit_path],
+        follow=False,
+        selector=TailFilter(identity="spiffe://x/b"),
+        as_json=True,
+        out=out,
+    )
+    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10m", datetime(2024, 1, 1, 11, 50, tzinfo=UTC)),
+        ("2h", datetime(2024, 1, 1, 10, 0, tzinfo=UTC)),
+        ("2024-01-01T09:00:00", datetime(2024, 1, 1, 9, 0, tzinfo=UTC)),
+    ],
+)
+def test_parse_since(text: str, expected: datetime) -> None:
+    assert parse_since(text, datetime(2024, 1, 1, 12, 0, tzinfo=UTC)) == expected
+
+
+@pytest.mark.parametrize(("value", "shown"), [(None, "-"), ("a\nb", "a\\nb"), (3, "3")])
+def test_safe(value: object, shown: str) -> None:
+    assert safe(value) == shown

@@ -82,7 +82,7 @@ def test_minimal_config_loads_with_defaults(config_dir: Path) -> None:
         server_key=config_dir / "server.key",
         trust_bundles={"example.org": config_dir / "bundle.pem"},
         opa_url="http://127.0.0.1:8181",
-        opa_timeout_s=0.5,
+        opa_timeout_s=2.0,
         default_region="us-east-1",
         default_account=None,
         sts_endpoint=None,

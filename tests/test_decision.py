@@ -59,6 +59,7 @@ REQUEST_KEYS = {
     "tools",
     "stream",
     "guardrail",
+    "async_output",  # added for the async-invoke output bucket rule
 }
 MODEL_KEYS = {"id", "kind", "provider", "arn", "geo"}  # DESIGN.md 4; more may be added
 CLASSIFICATION_KEYS = {"declared", "detected", "effective", "findings"}

@@ -11,7 +11,7 @@ import pytest
 from proxy.decision import Guardrail, Obligations
 from proxy.errors import InvalidRequest, ObligationUnenforceable
 from proxy.models import ModelRef, parse_model_id
-from proxy.obligations import apply_obligations
+from proxy.obligations import apply_obligations, prompt_capture
 from proxy.operations import Route, parse_route
 from proxy.signing import forwardable_headers
 
@@ -297,11 +297,31 @@ def test_no_edit_obligations_leave_request_alone(operation: str) -> None:
 
 
 @pytest.mark.parametrize("operation", ["InvokeModel", "Converse", "CountTokens"])
-def test_audit_capture_redacted_is_unenforceable(operation: str) -> None:
+def test_audit_capture_redacted_leaves_request_alone(operation: str) -> None:
     route, model = _route(operation)
-    with pytest.raises(ObligationUnenforceable) as info:
-        apply_obligations(route, model, {}, b"{}", _obligations(audit_capture="redacted"))
-    assert "redacted" in info.value.message
+    body = b'{"messages": []}'
+    assert apply_obligations(route, model, {}, body, _obligations(audit_capture="redacted")) == (
+        {},
+        body,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("none", (False, None)),
+        ("hash", (True, None)),
+        ("redacted", (True, '{"prompt":"mail [email]"}')),
+        ("full", (True, '{"prompt": "mail a@example.org"}')),
+    ],
+)
+def test_prompt_capture_modes(mode: str, expected: tuple[bool, str | None]) -> None:
+    assert prompt_capture(mode, "InvokeModel", b'{"prompt": "mail a@example.org"}') == expected
+
+
+def test_prompt_capture_unknown_mode_refuses() -> None:
+    with pytest.raises(ObligationUnenforceable):
+        prompt_capture("everything", "Converse", b"{}")
 
 
 # --- bodies that cannot be edited -------------------------------------------

@@ -12,6 +12,7 @@
 #   unknown caller gets exactly the reasons that apply to it.
 package bedrock.authz
 
+import data.bedrock.classification
 import data.bedrock.lib
 
 # Reached only if evaluation itself breaks; still a well-formed deny.
@@ -50,7 +51,8 @@ region := lib.field(["request", "region"])
 
 model := lib.field(["request", "model"])
 
-effective := lib.field(["classification", "effective"])
+# Never below what the policy's own finding levels say (classification.rego).
+effective := classification.effective_level(lib.field(["classification"]))
 
 task := lib.field(["task"])
 
@@ -60,9 +62,26 @@ model_id := lib.field(["request", "model", "id"])
 
 max_classification := object.get(workload, "max_classification", null)
 
-# Exact key lookup: a SPIFFE ID that merely shares a prefix is a different
-# workload, never a match.
-workload := lib.workloads[spiffe_id]
+# Exact key lookup first. A key ending in "/*" registers every ID below that
+# path, matched by whole segments only: "spiffe://td/sa/agent/*" covers
+# "spiffe://td/sa/agent/a1" but never "spiffe://td/sa/agent-evil/a1". The most
+# specific (longest) pattern wins.
+workload := entry if {
+	entry := lib.workloads[spiffe_id]
+} else := lib.workloads[segment_pattern]
+
+segment_patterns := {pattern |
+	some pattern, _ in lib.workloads
+	endswith(pattern, "/*")
+	is_string(spiffe_id)
+	startswith(spiffe_id, trim_suffix(pattern, "*"))
+}
+
+segment_pattern := pattern if {
+	longest := max({count(p) | some p in segment_patterns})
+	some pattern in segment_patterns
+	count(pattern) == longest
+}
 
 registered if is_object(workload)
 
@@ -81,12 +100,12 @@ complete if is_object(obligations)
 # Defined only when the workload entry carries everything the proxy needs to
 # act on an allow; otherwise workload_incomplete denies.
 obligations := {
-	"role_arn": workload.role_arn,
+	"role_arn": role_arn,
 	"session_seconds": workload.session_seconds,
 	"audit_capture": audit_capture,
 } if {
-	is_string(workload.role_arn)
-	startswith(workload.role_arn, "arn:aws")
+	is_string(role_arn)
+	startswith(role_arn, "arn:aws")
 	is_number(workload.session_seconds)
 	workload.session_seconds >= lib.min_session_seconds
 	workload.session_seconds <= lib.max_session_seconds
@@ -105,12 +124,53 @@ target_account := account if {
 	role_account := split(workload.role_arn, ":")[4]
 } else := null
 
+# The role the proxy assumes: per target account when the workload maps
+# accounts to roles, else the workload's role.
+role_arn := workload.roles[target_account] if {
+	is_string(workload.roles[target_account])
+} else := workload.role_arn
+
 model_listed if model.id in listed("models")
 
 model_listed if {
 	lib.cross_region_profile(model)
 	model.foundation_id in listed("models")
 }
+
+# Explicit version patterns: "*" matches within one dot-separated part only,
+# so "anthropic.claude-3-haiku-*" admits every haiku version but never
+# another provider or family.
+model_listed if {
+	some pattern in listed("models")
+	contains(pattern, "*")
+	glob.match(pattern, ["."], model.id)
+}
+
+model_listed if {
+	lib.cross_region_profile(model)
+	some pattern in listed("models")
+	contains(pattern, "*")
+	glob.match(pattern, ["."], model.foundation_id)
+}
+
+# Each model's own ceiling, from the catalogue in data (by foundation model id,
+# else by the id as called); a model not in the catalogue gets the default.
+model_key := model.foundation_id if {
+	lib.non_empty_string(model.foundation_id)
+} else := model_id
+
+model_max_classification := level if {
+	level := lib.model_catalogue[model_key].max_classification
+} else := lib.default_model_max_classification
+
+tools := lib.field(["request", "tools"])
+
+async_output := lib.field(["request", "async_output"])
+
+bucket_of(uri) := split(trim_prefix(uri, "s3://"), "/")[0] if {
+	is_string(uri)
+	startswith(uri, "s3://")
+} else := null
 
 deny contains msg if {
 	not registered
@@ -200,4 +260,73 @@ deny contains msg if {
 	workload.require_task == true
 	not is_object(task)
 	msg := sprintf("task_required: %s must name a task (X-Task-Id) for every call", [subject])
+}
+
+deny contains msg if {
+	registered
+	is_object(model)
+	lib.rank(effective) > lib.ceiling(model_max_classification)
+	msg := sprintf(
+		"model_classification_too_high: %v data may not be sent to %v (cleared up to %v) by %s",
+		[effective, model_id, model_max_classification, subject],
+	)
+}
+
+# Geographic profiles spread data over a geography; some carry a ceiling
+# (e.g. global. routes anywhere, so nothing confidential goes there).
+deny contains msg if {
+	registered
+	lib.cross_region_profile(model)
+	geo_max := lib.geo_max_classification[model.geo]
+	lib.rank(effective) > lib.ceiling(geo_max)
+	msg := sprintf(
+		"geo_classification_too_high: %v data may not use the %v. profile %v (up to %v) for %s",
+		[effective, model.geo, model_id, geo_max, subject],
+	)
+}
+
+# Data residency: an EU-resident workload stays in EU regions and EU profiles.
+deny contains msg if {
+	registered
+	workload.data_residency == "eu"
+	not startswith(sprintf("%v", [region]), "eu-")
+	msg := sprintf("residency_violation: region %v is outside the EU for %s", [region, subject])
+}
+
+deny contains msg if {
+	registered
+	workload.data_residency == "eu"
+	lib.cross_region_profile(model)
+	model.geo != "eu"
+	msg := sprintf("residency_violation: profile %v is not an eu. profile for %s", [model_id, subject])
+}
+
+deny contains msg if {
+	registered
+	is_array(tools)
+	some tool in tools
+	not tool in listed("tools")
+	msg := sprintf("tool_not_allowed: tool %v is not approved for %s", [tool, subject])
+}
+
+deny contains msg if {
+	registered
+	is_object(async_output)
+	not bucket_of(async_output.s3_uri) in listed("output_buckets")
+	msg := sprintf(
+		"async_output_not_allowed: output %v is not an approved bucket for %s",
+		[async_output.s3_uri, subject],
+	)
+}
+
+deny contains msg if {
+	registered
+	is_object(async_output)
+	owner_account := object.get(async_output, "bucket_owner", null)
+	owner_account != null
+	not owner_account in listed("accounts")
+	msg := sprintf(
+		"async_output_not_allowed: bucket owner %v is outside the accounts of %s",
+		[owner_account, subject],
+	)
 }

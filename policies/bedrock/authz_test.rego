@@ -174,7 +174,7 @@ denials := {
 	},
 	"profile of an unlisted model": {"patches": [set("/request/model", profile("us", "meta.llama3-8b-instruct-v1:0"))], "codes": {"model_not_allowed"}},
 	"eu profile of a listed model": {"patches": [set("/request/model", profile("eu", haiku))], "codes": {"geo_not_allowed"}},
-	"global profile of a listed model": {"patches": [set("/request/model", profile("global", haiku))], "codes": {"geo_not_allowed"}},
+	"apac profile of a listed model": {"patches": [set("/request/model", profile("apac", haiku))], "codes": {"geo_not_allowed"}},
 	"batch has no geos": {"patches": array.concat(as_batch, [set("/request/model", profile("us", titan))]), "codes": {"geo_not_allowed"}},
 	"workload without geos": {
 		"patches": [set("/request/model", profile("us", haiku))],
@@ -192,10 +192,10 @@ denials := {
 		"entry": with_entry([set("/role_arn", "arn:aws:iam::555555555555:role/x")]),
 		"codes": {"account_not_allowed"},
 	},
-	"restricted above confidential": {"patches": [set("/classification/effective", "restricted")], "codes": {"classification_too_high"}},
-	"batch confidential above internal": {"patches": array.concat(as_batch, [set("/classification/effective", "confidential")]), "codes": {"classification_too_high"}},
-	"unknown level": {"patches": [set("/classification/effective", "secret")], "codes": {"classification_too_high"}},
-	"classification missing": {"patches": [{"op": "remove", "path": "/classification"}], "codes": {"classification_too_high"}},
+	"restricted above confidential": {"patches": [set("/classification/effective", "restricted")], "codes": {"classification_too_high", "model_classification_too_high"}},
+	"batch confidential above internal": {"patches": array.concat(as_batch, [set("/classification/effective", "confidential")]), "codes": {"classification_too_high", "model_classification_too_high"}},
+	"unknown level": {"patches": [set("/classification/effective", "secret")], "codes": {"classification_too_high", "model_classification_too_high"}},
+	"classification missing": {"patches": [{"op": "remove", "path": "/classification"}], "codes": {"classification_too_high", "model_classification_too_high"}},
 	"workload without a maximum": {
 		"patches": [set("/classification/effective", "public")],
 		"entry": json.patch(chat_entry, [{"op": "remove", "path": "/max_classification"}]),
@@ -222,7 +222,7 @@ denials := {
 	"unknown audit_capture": {"patches": [], "entry": with_entry([set("/audit_capture", "everything")]), "codes": {"workload_incomplete"}},
 	"every reason is listed": {
 		"patches": [set("/request/region", "eu-west-1"), set("/classification/effective", "restricted"), set("/request/model", profile("eu", haiku))],
-		"codes": {"region_not_allowed", "classification_too_high", "geo_not_allowed"},
+		"codes": {"region_not_allowed", "classification_too_high", "geo_not_allowed", "model_classification_too_high"},
 	},
 	"empty request": {"patches": [set("/request", {})], "codes": {"operation_not_allowed", "region_not_allowed"}},
 }
@@ -345,4 +345,95 @@ test_no_accepted_trust_domain_denies if {
 test_owner_is_reported_for_the_audit_record if {
 	authz.decision.owner == "team-demo" with input as base
 	authz.decision.owner == null with input as object.union(base, {"identity": {"spiffe_id": "spiffe://example.org/ns/demo/sa/orphan"}})
+}
+
+# --- the security-team rules of the policy pack ---------------------------------
+
+agent := "spiffe://example.org/ns/agents/planner"
+
+eu_support := "spiffe://example.org/ns/eu/sa/support"
+
+as_agent := [as_identity(agent), set("/identity/path", "/ns/agents/planner")]
+
+decide(patches) := decision if {
+	decision := authz.decision with input as json.patch(base, patches)
+}
+
+test_segment_pattern_registers_ids_below_it if {
+	decision := decide(as_agent)
+	decision.allow
+	decision.owner == "team-agents"
+	decision.obligations.role_arn == "arn:aws:iam::123456789012:role/bedrock-runtime-agents"
+}
+
+test_segment_pattern_never_matches_a_string_prefix if {
+	decision := decide([as_identity("spiffe://example.org/ns/agents-evil/planner")])
+	codes(decision) == {"workload_not_registered"}
+}
+
+test_exact_prefix_is_not_a_match if {
+	decision := decide([as_identity("spiffe://example.org/ns/demo/sa/chat-evil")])
+	codes(decision) == {"workload_not_registered"}
+}
+
+test_the_longest_pattern_wins if {
+	registry := object.union(data.bedrock.workloads, {"spiffe://example.org/ns/*": object.union(chat_entry, {"owner": {"team": "broad", "contact": "b@example.org"}})})
+	decision := authz.decision with input as json.patch(base, as_agent) with data.bedrock.workloads as registry
+	decision.owner == "team-agents"
+}
+
+test_version_pattern_admits_versions_of_one_family_only if {
+	decide(array.concat(as_agent, [set("/request/model", foundation("anthropic.claude-3-haiku-20991231-v9:0"))])).allow
+	codes(decide(array.concat(as_agent, [set("/request/model", foundation(sonnet))]))) == {"model_not_allowed"}
+}
+
+test_model_ceiling_applies_even_when_the_workload_allows_more if {
+	decision := decide([set("/request/model", foundation(titan)), set("/classification/effective", "confidential")])
+	codes(decision) == {"model_classification_too_high"}
+}
+
+test_model_outside_the_catalogue_gets_the_default_ceiling if {
+	registry := object.union(data.bedrock.workloads, {chat: object.union(chat_entry, {"models": ["meta.llama3-8b-instruct-v1:0"]})})
+	decision := authz.decision with input as json.patch(base, [set("/request/model", foundation("meta.llama3-8b-instruct-v1:0")), set("/classification/effective", "confidential")])
+		with data.bedrock.workloads as registry
+	codes(decision) == {"model_classification_too_high"}
+}
+
+test_global_profile_allowed_for_internal_denied_for_confidential if {
+	global_sonnet := set("/request/model", profile("global", sonnet))
+	decide([global_sonnet]).allow
+	codes(decide([global_sonnet, set("/classification/effective", "confidential")])) == {"geo_classification_too_high"}
+}
+
+test_eu_resident_workload_stays_in_the_eu if {
+	as_eu := [as_identity(eu_support), set("/request/region", "eu-central-1")]
+	decide(as_eu).allow
+	decide(array.concat(as_eu, [set("/request/model", profile("eu", haiku))])).allow
+	codes(decide(array.concat(as_eu, [set("/request/region", "us-east-1")]))) == {"region_not_allowed", "residency_violation"}
+	codes(decide(array.concat(as_eu, [set("/request/model", profile("us", haiku))]))) == {"geo_not_allowed", "residency_violation"}
+}
+
+test_role_is_chosen_per_target_account if {
+	as_eu := [as_identity(eu_support), set("/request/region", "eu-central-1")]
+	decide(array.concat(as_eu, [set("/request/account", "210987654321")])).obligations.role_arn == "arn:aws:iam::210987654321:role/bedrock-runtime-eu"
+	decide(as_eu).obligations.role_arn == "arn:aws:iam::123456789012:role/bedrock-runtime-eu"
+}
+
+test_only_approved_tools if {
+	decide([set("/request/tools", ["lookup", "get_weather"])]).allow
+	decision := decide([set("/request/tools", ["lookup", "shell_exec"])])
+	codes(decision) == {"tool_not_allowed"}
+	contains(decision.reasons[0], "shell_exec")
+}
+
+test_async_output_must_be_an_approved_bucket_in_an_allowed_account if {
+	async := [set("/request/operation", "StartAsyncInvoke")]
+	ok := {"s3_uri": "s3://demo-bedrock-output/runs/", "bucket_owner": "123456789012"}
+	decide(array.concat(async, [set("/request/async_output", ok)])).allow
+	elsewhere := object.union(ok, {"s3_uri": "s3://exfil-bucket/x"})
+	codes(decide(array.concat(async, [set("/request/async_output", elsewhere)]))) == {"async_output_not_allowed"}
+	foreign := object.union(ok, {"bucket_owner": "999999999999"})
+	codes(decide(array.concat(async, [set("/request/async_output", foreign)]))) == {"async_output_not_allowed"}
+	not_s3 := object.union(ok, {"s3_uri": "https://example.org/x"})
+	codes(decide(array.concat(async, [set("/request/async_output", not_s3)]))) == {"async_output_not_allowed"}
 }

@@ -14,13 +14,19 @@
 #     trust_domains:    [string]            accepted SPIFFE trust domains
 #     admins:           [SPIFFE ID]         admin-plane identities only
 #     admin_operations: [string]            operations the admin plane allows
-#     workloads:        {SPIFFE ID: entry}  runtime registry, exact-match keys
+#     workloads:        {SPIFFE ID: entry}  runtime registry: exact keys, or
+#                                            "spiffe://td/path/*" for whole segments
+#     models:           {model id: {max_classification}}  per-model ceilings
+#     default_model_max_classification: level for models not in `models`
+#     geo_max_classification: {geo: level}   ceilings of cross-region profiles
 #
 #   A workload entry: owner {team, contact}, operations, models (ids or ARNs,
 #   or a foundation model id that also admits its cross-region profiles in
 #   `geos`), geos, regions, accounts, max_classification, role_arn,
 #   session_seconds (900-43200, the STS range), optional audit_capture
-#   (none|hash|redacted|full, default hash) and require_task (bool).
+#   (none|hash|redacted|full, default hash), require_task (bool), tools
+#   (approved tool names), output_buckets (async invoke), roles ({account:
+#   role ARN}), data_residency ("eu").
 package bedrock.lib
 
 # A non-object input (absent, a string, ...) is read as {} so that every
@@ -51,6 +57,19 @@ admin_operations := data.bedrock.admin_operations
 default workloads := {}
 
 workloads := data.bedrock.workloads
+
+default model_catalogue := {}
+
+model_catalogue := data.bedrock.models
+
+# A model nobody has cleared is cleared for internal data at most.
+default default_model_max_classification := "internal"
+
+default_model_max_classification := data.bedrock.default_model_max_classification
+
+default geo_max_classification := {}
+
+geo_max_classification := data.bedrock.geo_max_classification
 
 # Classification levels, least to most sensitive (DESIGN.md section 4).
 levels := {"public": 0, "internal": 1, "confidential": 2, "restricted": 3}

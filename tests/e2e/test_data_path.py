@@ -168,10 +168,11 @@ def test_tasks_of_one_identity_never_share_credentials(
 ) -> None:
     client = proxy.client()
     keys = {}
+    ids = {name: _open_task(proxy) for name in ("task-a", "task-b")}
     for task in ("task-a", "task-b", "task-a"):
 
         def add_task(request: Any, task: str = task, **_: Any) -> None:
-            request.headers["X-Task-Id"] = task
+            request.headers["X-Task-Id"] = ids[task]
 
         client.meta.events.register_first("before-sign.bedrock-runtime.Converse", add_task)
         try:
@@ -182,7 +183,15 @@ def test_tasks_of_one_identity_never_share_credentials(
     assert len(keys["task-a"]) == 1, "the same task reuses its cached credentials"
     assert keys["task-a"].isdisjoint(keys["task-b"])
     task_tags = {c["access_key_id"]: c["tags"]["task"] for c in emulator.sts_calls()}
-    assert task_tags[next(iter(keys["task-b"]))] == "task-b"
+    assert task_tags[next(iter(keys["task-b"]))] == ids["task-b"]
+
+
+def _open_task(proxy: ProxyHandle) -> str:
+    """A real task (unknown X-Task-Id values are refused)."""
+    body = json.dumps({"purpose": "e2e", "ttl_seconds": 600, "max_calls": 100}).encode()
+    status, _, raw = proxy.raw("POST", "/v1/tasks", body=body)
+    assert status == 201, raw
+    return str(json.loads(raw)["task_id"])
 
 
 CANARIES = {
@@ -289,9 +298,10 @@ def test_sts_refusal_fails_closed_without_fallback(proxy: ProxyHandle, emulator:
 def _call_in_fresh_task(proxy: ProxyHandle) -> Any:
     """A call whose credentials are not cached yet, so STS must be asked."""
     client = proxy.client()
+    task_id = _open_task(proxy)
 
     def add_task(request: Any, **_: Any) -> None:
-        request.headers["X-Task-Id"] = f"fresh-{time.monotonic_ns()}"
+        request.headers["X-Task-Id"] = task_id
 
     client.meta.events.register_first("before-sign.bedrock-runtime.Converse", add_task)
     try:

@@ -1,0 +1,189 @@
+"""Where audit lines go: a small interface, a file sink (default) and stdout.
+
+A sink writes whole lines and raises ``OSError`` (or ``ValueError`` once
+closed) when it cannot; the caller (``AuditLog``) turns that into a refusal.
+Each ``write`` is one unbuffered ``os.write`` of a complete line, so a line is
+with the kernel before the request goes on and concurrent writers never
+interleave inside a line. ``sync`` makes what was written durable (fsync); it
+blocks and is therefore called off the event loop. A Kafka, Kinesis or OTLP
+sink only needs these few methods.
+
+The file sink checks before each write that its path still names the file it
+holds open: if the file was moved or removed (by an operator, logrotate or an
+attacker) it reopens the path, and if that fails the write fails, so the proxy
+refuses calls rather than writing into a file nobody will read. It also
+rotates by size and age; the chain itself lives in ``AuditLog`` and simply
+continues into the new file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from stat import S_ISREG
+from typing import Protocol
+
+
+class AuditSink(Protocol):
+    name: str
+
+    def write(self, line: bytes) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def rotation_due(self) -> bool: ...
+
+    def rotate(self) -> None: ...
+
+    def last_line(self) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    def __init__(self, path: Path, *, max_bytes: int = 0, max_age_s: float = 0) -> None:
+        self.name = str(path)
+        self._path = path
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._fd: int | None = None
+        self._regular = True
+        self._identity = (0, 0)
+        self._size = 0
+        self._opened = 0.0
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        stat = os.fstat(fd)
+        self._fd, self._identity, self._size = fd, (stat.st_dev, stat.st_ino), stat.st_size
+        # A device or pipe (e.g. /dev/null in benchmarks) cannot be fsynced or rotated.
+        self._regular = S_ISREG(stat.st_mode)
+        self._opened = time.monotonic()
+        if self._regular and self._size and not self._ends_with_newline():
+            # A torn last line (power loss mid-write): end it so the next record
+            # starts on its own line; the verifier reports the torn one.
+            self._write_all(b"\n")
+
+    def _ends_with_newline(self) -> bool:
+        with open(self._path, "rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            return existing.read(1) == b"\n"
+
+    def _current_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("the audit sink is closed")
+        try:
+            stat = os.stat(self._path)
+            moved = (stat.st_dev, stat.st_ino) != self._identity
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            os.close(self._fd)
+            self._fd = None
+            self._open()
+        assert self._fd is not None
+        return self._fd
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(data)
+
+    def write(self, line: bytes) -> None:
+        self._current_fd()
+        self._write_all(line + b"\n")
+
+    def sync(self) -> None:
+        if self._fd is None:
+            raise ValueError("the audit sink is closed")
+        if self._regular:
+            os.fsync(self._fd)
+
+    def rotation_due(self) -> bool:
+        if self._fd is None or not self._regular:
+            return False
+        too_big = self._max_bytes > 0 and self._size >= self._max_bytes
+        too_old = self._max_age_s > 0 and time.monotonic() - self._opened >= self._max_age_s
+        return too_big or too_old
+
+    def rotate(self) -> None:
+        """Move the current file aside (``PATH.<UTC time>``) and start a new one at PATH."""
+        fd = self._current_fd()
+        os.fsync(fd)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        os.rename(self._path, self._path.with_name(f"{self._path.name}.{stamp}"))
+        os.close(fd)
+        self._fd = None
+        self._open()
+
+    def last_line(self) -> bytes | None:
+        """The last complete line of the file, read backwards from the end."""
+        if not self._regular:
+            return None
+        with open(self._path, "rb") as existing:
+            end = existing.seek(0, os.SEEK_END)
+            block, data = 4096, b""
+            while end > 0:
+                start = max(0, end - block)
+                existing.seek(start)
+                data = existing.read(end - start) + data
+                end = start
+                lines = data.rstrip(b"\n").split(b"\n")
+                if len(lines) > 1 or end == 0:
+                    return lines[-1] or None
+        return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                if self._regular:
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+class StdoutSink:
+    """Lines to standard output (a container log driver or a pipe to a shipper)."""
+
+    def __init__(self) -> None:
+        self.name = "-"
+        self._closed = False
+
+    def write(self, line: bytes) -> None:
+        if self._closed:
+            raise ValueError("the audit sink is closed")
+        data = memoryview(line + b"\n")
+        fd = sys.stdout.fileno()
+        while data:
+            data = data[os.write(fd, data) :]
+
+    def sync(self) -> None:
+        if self._closed:
+            raise ValueError("the audit sink is closed")
+
+    def rotation_due(self) -> bool:
+        return False
+
+    def rotate(self) -> None:
+        return None
+
+    def last_line(self) -> bytes | None:
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def worker_path(path: Path, worker: int) -> Path:
+    """Worker 0 writes PATH; worker n writes ``stem-n.suffix`` beside it (one chain per file)."""
+    if worker == 0:
+        return path
+    return path.with_name(f"{path.stem}-{worker}{path.suffix}")

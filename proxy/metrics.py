@@ -1,0 +1,109 @@
+"""Prometheus metrics, served as ``/metrics`` on the admin listener.
+
+One ``Metrics`` object per worker with its own registry (no global default
+registry: no module-level mutable state). Request counts, tokens and TTFB are
+derived from the terminal audit record, so metrics and audit can never
+disagree about what happened; decision, upstream and audit-write latency are
+timed where they happen. Label values come from closed sets (operation names
+the router knows, outcome codes), never from caller strings, so a caller
+cannot explode the series count. With ``--workers N`` each worker answers for
+itself (a scrape reaches one of them); run one worker per instance when exact
+totals matter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_KNOWN_OUTCOMES = frozenset(
+    {
+        "ok",
+        "denied",
+        "client_aborted",
+        "upstream_error",
+        "policy_unavailable",
+        "credentials_unavailable",
+        "invalid_request",
+        "audit_unavailable",
+        "internal_error",
+        "state_unavailable",
+    }
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "bedrock_proxy_requests",
+            "Requests by operation and outcome",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "bedrock_proxy_decision_seconds",
+            "OPA decision latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "bedrock_proxy_upstream_seconds",
+            "Upstream call duration (to the end of the body)",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb_seconds = Histogram(
+            "bedrock_proxy_ttfb_seconds",
+            "Time to the first upstream byte",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "bedrock_proxy_tokens",
+            "Model tokens by operation and direction",
+            ["operation", "direction"],
+            registry=r,
+        )
+        self.sts_calls = Counter(
+            "bedrock_proxy_sts_calls", "STS AssumeRole calls by result", ["result"], registry=r
+        )
+        self.audit_write_seconds = Histogram(
+            "bedrock_proxy_audit_write_seconds",
+            "Audit write and fsync latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe_terminal(self, fields: dict[str, Any]) -> None:
+        operation = str(fields.get("operation") or "unknown")
+        outcome = fields.get("outcome")
+        self.requests.labels(operation, outcome if outcome in _KNOWN_OUTCOMES else "other").inc()
+        if isinstance(fields.get("ttfb_ms"), int | float):
+            self.ttfb_seconds.labels(operation).observe(fields["ttfb_ms"] / 1000)
+        usage = fields.get("usage") or {}
+        for direction in ("input", "output"):
+            count = usage.get(f"{direction}_tokens")
+            if isinstance(count, int) and count >= 0:
+                self.tokens.labels(operation, direction).inc(count)
+
+    def sts_hook(self, event_name: str, **kwargs: Any) -> None:
+        """botocore ``after-call``/``after-call-error`` handler for AssumeRole."""
+        if "exception" in kwargs:
+            self.sts_calls.labels("error").inc()
+            return
+        parsed = kwargs.get("parsed") or {}
+        status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        self.sts_calls.labels("ok" if status == 200 else "error").inc()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )

@@ -1,0 +1,93 @@
+"""Which policy decided: a digest of the Rego and data OPA has actually loaded.
+
+Read from OPA, never guessed from files on the proxy's disk: the raw text of
+every module (``GET /v1/policies``) and the data tree (``GET /v1/data``) with
+the rule packages cut out, hashed canonically. OPA loaded with ``--watch``
+reloads edits live, so the digest is polled; a record may carry the previous
+revision for at most one poll interval after a reload. A failed poll keeps
+the last known revision: the decision itself is still OPA's, fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+
+
+def revision_digest(policies: Iterable[dict[str, Any]], data: Any) -> str:
+    """Pure: the revision of these modules and this data tree."""
+    # Module text only: the same policy loaded from another path is the same revision.
+    modules = sorted(str(p.get("raw")) for p in policies)
+    documents = _without_packages(data, [_package_path(p) for p in policies])
+    canonical = json.dumps(
+        {"modules": modules, "data": documents}, sort_keys=True, separators=(",", ":")
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _package_path(policy: dict[str, Any]) -> tuple[str, ...]:
+    terms = policy.get("ast", {}).get("package", {}).get("path", [])
+    # The first term is the `data` root itself.
+    return tuple(str(term.get("value")) for term in terms[1:])
+
+
+def _without_packages(data: Any, packages: list[tuple[str, ...]]) -> Any:
+    """The data documents only: evaluated rules are a function of modules and data."""
+    if not isinstance(data, dict):
+        return data
+    pruned: dict[str, Any] = {}
+    for key, value in data.items():
+        below = [p[1:] for p in packages if p and p[0] == key]
+        if any(len(p) == 0 for p in below):
+            continue
+        pruned[key] = _without_packages(value, below) if below else value
+    return pruned
+
+
+class PolicyRevision:
+    def __init__(self, opa_url: str, *, interval_s: float = 0.5, timeout_s: float = 2.0) -> None:
+        self._opa_url = opa_url.rstrip("/")
+        self._interval_s = interval_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.current: str | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        await self.refresh()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._session is not None:
+            await self._session.close()
+
+    async def refresh(self) -> None:
+        try:
+            policies = (await self._get("/v1/policies")).get("result") or []
+            data = (await self._get("/v1/data")).get("result")
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return
+        self.current = revision_digest(policies, data)
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        assert self._session is not None
+        async with self._session.get(self._opa_url + path) as response:
+            response.raise_for_status()
+            answer: dict[str, Any] = await response.json()
+            return answer
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.refresh()

@@ -1,0 +1,173 @@
+"""The audit stream end to end: write-ahead refusal, drain on SIGTERM, crash
+evidence after SIGKILL, injection-proof records, one terminal record per request."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.audit_chain import generate_key
+from tests.conftest import HAIKU, Emulator, ProxyFactory, ProxyHandle
+from tests.e2e.test_workers import children_of
+
+MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
+
+
+@pytest.fixture
+def signed(proxy_factory: ProxyFactory, opa_url: str, tmp_path: Path) -> tuple[ProxyHandle, Path]:
+    key = tmp_path / "audit.key"
+    public = generate_key(key)
+    proxy = proxy_factory(
+        opa_url, audit_options={"signing_key": str(key)}, shutdown_grace_ms=10_000
+    )
+    return proxy, public
+
+
+def audit_verify(proxy: ProxyHandle, public: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "audit",
+            "verify",
+            "--public-key",
+            str(public),
+            *map(str, proxy.audit_files()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def wait_for(predicate: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def stream_in_background(proxy: ProxyHandle) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+    seen = sum(r["event"] == "authorized" for r in proxy.records())
+
+    def run() -> None:
+        try:
+            response = proxy.client().converse_stream(modelId=HAIKU, messages=MESSAGES)
+            outcome.append([event for event in response["stream"]])
+        except Exception as exc:  # the assertion below shows what happened
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: sum(r["event"] == "authorized" for r in proxy.records()) > seen)
+    return thread, outcome
+
+
+def test_sigterm_mid_stream_drains_and_writes_completed(
+    signed: tuple[ProxyHandle, Path], emulator: Emulator
+) -> None:
+    proxy, public = signed
+    emulator.fault("slow", delay_ms=300)
+    thread, outcome = stream_in_background(proxy)
+    proxy.process.send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert isinstance(outcome[0], list) and outcome[0], outcome
+    proxy.process.wait(30)
+    completed = [r for r in proxy.records() if r["event"] == "completed"]
+    assert [r["outcome"] for r in completed] == ["ok"]
+    result = audit_verify(proxy, public)
+    assert result.returncode == 0, result.stdout
+
+
+def test_sigkill_mid_stream_leaves_an_open_request_and_an_intact_chain(
+    signed: tuple[ProxyHandle, Path], emulator: Emulator
+) -> None:
+    proxy, public = signed
+    proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
+    emulator.fault("slow", delay_ms=500)
+    thread, _ = stream_in_background(proxy)
+    (worker,) = children_of(proxy.process.pid)
+    os.kill(worker, signal.SIGKILL)
+    thread.join(30)
+    proxy.process.wait(30)
+    open_id = [r for r in proxy.records() if r["event"] == "authorized"][-1]["request_id"]
+    result = audit_verify(proxy, public)
+    assert result.returncode == 3, result.stdout
+    assert "OPEN" in result.stdout and open_id in result.stdout
+    assert "TAMPERED" not in result.stdout
+
+
+def test_unwritable_audit_refuses_with_503_and_forwards_nothing(
+    proxy_factory: ProxyFactory, opa_url: str, emulator: Emulator
+) -> None:
+    proxy = proxy_factory(opa_url)
+    proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
+    before = len(emulator.requests())
+    # The file is gone and its path cannot be a file again (works as root too,
+    # where a read-only directory would not stop the write).
+    proxy.audit_path.rename(proxy.audit_path.with_suffix(".moved"))
+    proxy.audit_path.mkdir()
+    status, headers, _ = proxy.raw(
+        "POST",
+        f"/model/{HAIKU}/converse",
+        body=b'{"messages":[]}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 503
+    assert headers["x-amzn-ErrorType"] == "ServiceUnavailableException"
+    assert len(emulator.requests()) == before
+    shutil.rmtree(proxy.audit_path)
+
+
+@pytest.mark.parametrize(
+    "evil", ['x\n{"event":"completed"}', "bidi\u202eevil", "esc\u001b[2J", "nul\u0000"]
+)
+def test_injection_in_model_id_and_headers_stays_escaped(
+    proxy: ProxyHandle, emulator: Emulator, evil: str
+) -> None:
+    from urllib.parse import quote
+
+    before = len(proxy.records())
+    status, _, _ = proxy.raw(
+        "POST",
+        "/model/" + quote(evil, safe="") + "/converse",
+        body=b'{"messages":[]}',
+        headers={"Content-Type": "application/json", "X-Data-Classification": "ok"},
+    )
+    assert status in (400, 403, 404)
+    raw = b"".join(path.read_bytes() for path in proxy.audit_files())
+    assert raw.isascii() and b"\x1b" not in raw and b"\x00" not in raw
+    new = proxy.records()[before:]
+    assert [r["event"] for r in new] == ["denied"]
+
+
+def test_mixed_run_has_one_terminal_record_per_request(
+    proxy: ProxyHandle, emulator: Emulator
+) -> None:
+    ids = []
+    for path, body in (
+        (f"/model/{HAIKU}/converse", b"{not json"),  # 400
+        ("/model/not-a-model/converse", b'{"messages":[]}'),  # refused
+        (f"/model/{HAIKU}/converse", b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}'),
+    ):
+        status, headers, _ = proxy.raw(
+            "POST", path, body=body, headers={"Content-Type": "application/json"}
+        )
+        ids.append(headers["x-amzn-RequestId"])
+    for request_id in ids:
+        terminal = [
+            r for r in proxy.request_of(request_id) if r["event"] in ("completed", "denied")
+        ]
+        assert len(terminal) == 1, (request_id, terminal)
