@@ -22,9 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.app import build_admin_app, build_data_app
+from proxy.app import AUDIT, build_admin_app, build_data_app
 from proxy.config import Listen, Settings
 from proxy.identity import TrustBundles, server_ssl_context
+from proxy.tls_accept import TlsSite
 
 
 def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None) -> int:
@@ -87,9 +88,7 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coroutine)
 
 
-async def _serve_worker(
-    settings: Settings, ports: list[int], ready_write: int, index: int
-) -> None:
+async def _serve_worker(settings: Settings, ports: list[int], ready_write: int, index: int) -> None:
     bundles = TrustBundles.load(settings.trust_bundles)
     ssl_context = server_ssl_context(settings.server_cert, settings.server_key, bundles)
     # Each worker has its own audit file and hash chain (audit.log, audit-1.log, ...).
@@ -105,8 +104,15 @@ async def _serve_worker(
         (data_runner, settings.data_listen.host, ports[0]),
         (admin_runner, settings.admin_listen.host, ports[1]),
     ]
+    # Handshake failures (no, bad or untrusted client certificates) are audited.
+    audit = data_app[AUDIT]
     for runner, host, port in listeners:
-        await web.SockSite(runner, _listening(host, port), ssl_context=ssl_context).start()
+        await TlsSite(
+            runner,
+            _listening(host, port),
+            ssl_context=ssl_context,
+            on_failure=audit.connection_failed,
+        ).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from tests import certs
-from tests.conftest import CHAT, HAIKU, PARTNER_DOMAIN, Emulator, Pki, ProxyHandle
+from tests.conftest import CHAT, HAIKU, PARTNER_DOMAIN, Emulator, Pki, ProxyFactory, ProxyHandle
 
 PATH = f"/model/{quote(HAIKU, safe='')}/converse"
 BODY = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
@@ -43,14 +44,29 @@ def _ca(tmp: Path) -> certs.CertPair:
     return certs.CertPair(tmp / "ca.pem", tmp / "ca.key")
 
 
-TLS_REFUSED: dict[str, Callable[[Pki, Path], certs.CertPair | None]] = {
-    "no-certificate": lambda pki, tmp: None,
-    "expired": lambda pki, tmp: certs.expired_svid(pki.dir, CHAT, "e2e-expired"),
-    "unknown-ca": lambda pki, tmp: certs.svid_from_unknown_ca(tmp / "rogue", CHAT),
-    "untrusted-trust-domain": lambda pki, tmp: certs.good_svid(
-        certs.make_ca(tmp / "other", "other.test").dir, "spiffe://other.test/ns/x/sa/y"
+# case -> (client certificate, the reason the connection record must give)
+TLS_REFUSED: dict[str, tuple[Callable[[Pki, Path], certs.CertPair | None], str]] = {
+    "no-certificate": (lambda pki, tmp: None, "peer_did_not_return_a_certificate"),
+    "expired": (
+        lambda pki, tmp: certs.expired_svid(pki.dir, CHAT, "e2e-expired"),
+        "certificate has expired",
+    ),
+    "unknown-ca": (
+        lambda pki, tmp: certs.svid_from_unknown_ca(tmp / "rogue", CHAT),
+        "unable to get local issuer certificate",
+    ),
+    "untrusted-trust-domain": (
+        lambda pki, tmp: certs.good_svid(
+            certs.make_ca(tmp / "other", "other.test").dir, "spiffe://other.test/ns/x/sa/y"
+        ),
+        "unable to get local issuer certificate",
     ),
 }
+
+
+def connection_records(proxy: ProxyHandle) -> list[dict]:
+    return [r for r in proxy.all_records() if r["event"] == "connection"]
+
 
 SVID_REFUSED: dict[str, tuple[Callable[[Pki, Path], certs.CertPair], str]] = {
     "two-uri-sans": (lambda pki, tmp: certs.two_uri_sans(pki.dir, "e2e-two-uris"), "URI SAN"),
@@ -76,9 +92,36 @@ SVID_REFUSED: dict[str, tuple[Callable[[Pki, Path], certs.CertPair], str]] = {
 def test_refused_in_the_handshake(
     proxy: ProxyHandle, emulator: Emulator, pki: Pki, tmp_path: Path, case: str
 ) -> None:
-    kind, status, _ = attempt(proxy, TLS_REFUSED[case](pki, tmp_path))
+    make, reason = TLS_REFUSED[case]
+    before = len(connection_records(proxy))
+    kind, status, _ = attempt(proxy, make(pki, tmp_path))
     assert (kind, status) == ("tls", 0)
     assert emulator.requests() == []
+    deadline = time.monotonic() + 5
+    while len(connection_records(proxy)) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [record] = connection_records(proxy)[before:]
+    assert reason in record["reason"]
+    assert record["peer"].startswith("127.0.0.1:")
+
+
+def test_a_flood_of_bad_handshakes_is_recorded_at_a_bounded_rate(
+    proxy_factory: ProxyFactory, opa_url: str, pki: Pki
+) -> None:
+    proxy = proxy_factory(opa_url, audit_options={"connection_records_per_minute": 5})
+    for _ in range(40):
+        assert attempt(proxy, None)[0] == "tls"
+    # Unbounded records would let a flood fill the disk; the rest are counted.
+    deadline = time.monotonic() + 5
+    while len(connection_records(proxy)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    records = connection_records(proxy)
+    assert len(records) == 5
+    assert proxy.client().converse(
+        modelId="anthropic.claude-3-haiku-20240307-v1:0",
+        messages=[{"role": "user", "content": [{"text": "still serving"}]}],
+    )["output"]
 
 
 @pytest.mark.parametrize("case", sorted(SVID_REFUSED))

@@ -1,0 +1,132 @@
+"""TLS termination that knows when a handshake fails.
+
+asyncio and uvloop report a failed server-side TLS handshake only in debug
+logging and never to the application, so a flood of bad or missing client
+certificates would leave no trace for the SOC. Here the site runs its own
+accept loop: each accepted socket (peer address known) is handed to
+``loop.connect_accepted_socket`` with the TLS context, which returns once the
+handshake is done or raises why it failed; a failure is reported with the
+peer and a reason, a success is served by aiohttp's request handler as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+HANDSHAKE_TIMEOUT_S = 10.0
+
+FailureReporter = Callable[[str | None, str], None]
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A short, stable reason from OpenSSL's words; never the peer's bytes."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate_verify_failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or "ssl_error").lower()
+    if isinstance(exc, TimeoutError) or "taking longer" in str(exc):
+        return "handshake_timeout"
+    if isinstance(exc, ConnectionError):
+        return "connection_closed_during_handshake"
+    return type(exc).__name__
+
+
+class TlsSite(web.BaseSite):
+    """Like aiohttp's SockSite, with the handshake done where its outcome is seen."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        *,
+        ssl_context: ssl.SSLContext,
+        on_failure: FailureReporter,
+    ) -> None:
+        super().__init__(runner)
+        self._sock = sock
+        self._tls = ssl_context
+        self._on_failure = on_failure
+        host, port = sock.getsockname()[:2]
+        self._name = f"https://{host}:{port}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def start(self) -> None:
+        await super().start()
+        handler_factory = self._runner.server
+        assert handler_factory is not None
+        accept_loop = _AcceptLoop(self._sock, handler_factory, self._tls, self._on_failure)
+        accept_loop.start()
+        self._server = accept_loop  # type: ignore[assignment]  # BaseSite only calls close()
+
+
+class _AcceptLoop:
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler_factory: Callable[[], asyncio.BaseProtocol],
+        tls: ssl.SSLContext,
+        on_failure: FailureReporter,
+    ) -> None:
+        self._sock = sock
+        self._handler_factory = handler_factory
+        self._tls = tls
+        self._on_failure = on_failure
+        self._task: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for handshake in self._handshakes:
+            handshake.cancel()
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, address = await loop.sock_accept(self._sock)
+            except OSError:
+                # EMFILE and friends: back off instead of spinning.
+                await asyncio.sleep(0.1)
+                continue
+            handshake = loop.create_task(self._handshake(connection, address))
+            self._handshakes.add(handshake)
+            handshake.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, connection: socket.socket, address: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self._handler_factory,
+                connection,
+                ssl=self._tls,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            connection.close()
+            self._on_failure(_peer(address), handshake_failure_reason(exc))
+
+
+def _peer(address: Any) -> str | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return None
