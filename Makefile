@@ -49,7 +49,7 @@ lint: deps
 redis:
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 
-test: deps opa redis policy-test lint
+test: deps opa $(VEGETA) redis policy-test lint
 	$(BIN)/pytest -q
 
 demo: deps opa

@@ -161,6 +161,8 @@ def start_stack(
             f"127.0.0.1:{opa_port}",
             "--log-level",
             "error",
+            # As in production: the policy's own tests are not loaded.
+            "--ignore=*_test.rego",
             str(devstack.PROJECT_ROOT / "policies"),
         ],
         "opa.log",

@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     dev_verbs = dev.add_subparsers(dest="dev_verb", required=True)
     up = dev_verbs.add_parser("up", help="run CA, OPA, emulator and proxy until stopped")
     up.add_argument("--dir", type=Path, required=True)
-    up.add_argument("--policies", type=Path, default=Path("policies"))
+    up.add_argument(
+        "--policies", type=Path, help="policy directory (default: this project's policies/)"
+    )
     up.set_defaults(run=_dev_up)
 
     policy = verbs.add_parser("policy", help="policy tools")
@@ -148,6 +150,6 @@ def _ca_issue(args: argparse.Namespace) -> int:
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    from proxy.devstack import dev_up
+    from proxy.devstack import PROJECT_ROOT, dev_up
 
-    return dev_up(args.dir, args.policies)
+    return dev_up(args.dir, args.policies or PROJECT_ROOT / "policies")

@@ -10,6 +10,7 @@ a half-dead proxy is worse than a stopped one. uvloop is used when installed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -100,6 +101,12 @@ async def _serve_worker(settings: Settings, ports: list[int], ready_write: int, 
     admin_runner = web.AppRunner(build_admin_app(data_app))
     await data_runner.setup()
     await admin_runner.setup()
+    # Start-up leaves ~1M long-lived objects (botocore models, policies, TLS):
+    # freezing them keeps every full collection from rescanning them, and a
+    # larger young generation makes collections rarer. Measured: p99 at 80 rps
+    # from ~130 ms to ~30 ms, CPU per request unchanged (bench/README.md).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     listeners = [
         (data_runner, settings.data_listen.host, ports[0]),
         (admin_runner, settings.admin_listen.host, ports[1]),

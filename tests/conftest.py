@@ -84,6 +84,7 @@ class ProxyHandle:
     audit_path: Path
     pki: Pki
     process: subprocess.Popen[bytes]
+    admin_port: int = 0
     _clients: dict[str, Any] = field(default_factory=dict)
 
     def audit_files(self) -> list[Path]:
@@ -220,7 +221,12 @@ class ProxyFactory:
         self._started.append(process)
         port = ports["data_port"]
         handle = ProxyHandle(
-            f"https://127.0.0.1:{port}", port, directory / "audit.log", self._pki, process
+            f"https://127.0.0.1:{port}",
+            port,
+            directory / "audit.log",
+            self._pki,
+            process,
+            admin_port=ports["admin_port"],
         )
         self._handles.append(handle)
         return handle

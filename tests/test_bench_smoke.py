@@ -23,7 +23,7 @@ VEGETA = PROJECT_ROOT / ".cache/bin/vegeta"
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
-    assert VEGETA.is_file(), "vegeta is missing: run `make bench` once to build it"
+    assert VEGETA.is_file(), "vegeta is missing: `make test` and `make bench` build it"
     done = subprocess.run(
         [
             sys.executable,

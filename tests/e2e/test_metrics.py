@@ -1,0 +1,60 @@
+"""Prometheus metrics on the admin listener count what the data plane did."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import ssl
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import CHAT, HAIKU, ProxyFactory, ProxyHandle
+
+MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
+
+
+def scrape(proxy: ProxyHandle) -> str:
+    context = ssl.create_default_context(cafile=str(proxy.pki.ca_bundle))
+    cert = proxy.pki.svid(CHAT, "metrics-scraper")
+    context.load_cert_chain(str(cert.cert), str(cert.key))
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", proxy.admin_port, context=context, timeout=10
+    )
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        connection.close()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_requests_outcomes_tokens_and_sts_calls_are_counted(
+    proxy_factory: ProxyFactory, opa_url: str
+) -> None:
+    proxy = proxy_factory(opa_url)
+    client = proxy.client()
+    answer = client.converse(modelId=HAIKU, messages=MESSAGES)
+    client.converse(modelId=HAIKU, messages=MESSAGES)
+    with pytest.raises(ClientError):
+        client.converse(modelId="meta.llama3-70b-instruct-v1:0", messages=MESSAGES)
+
+    text = scrape(proxy)
+    ok = sample(text, "bedrock_proxy_requests_total", operation="Converse", outcome="ok")
+    denied = sample(text, "bedrock_proxy_requests_total", operation="Converse", outcome="denied")
+    assert (ok, denied) == (2.0, 1.0)
+    assert sample(text, "bedrock_proxy_decision_seconds_count") == 3.0
+    assert sample(text, "bedrock_proxy_sts_calls_total") == 1.0, "the second call hit the cache"
+    output_tokens = sample(text, "bedrock_proxy_tokens_total", direction="output")
+    assert output_tokens == 2 * answer["usage"]["outputTokens"]
