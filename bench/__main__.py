@@ -411,7 +411,7 @@ def _open_streams(run: Run, settings: dict[str, Any]) -> dict[str, Any]:
                 stack.tls,
                 run.request(name, op),
                 count,
-                settle_timeout_s=delay / 1000 * 2 + count / 50,
+                settle_timeout_s=delay / 1000 * 2 + count / 20,
                 measure=lambda: procstat.rss_bytes(pid),
             )
         )

@@ -143,27 +143,43 @@ async def hold_open(
     *,
     settle_timeout_s: float,
     measure: Callable[[], int],
+    ramp: int = 50,
 ) -> dict[str, Any]:
-    """Open ``count`` slow streams, wait until each has its first frame, read RSS, drop them."""
+    """Open ``count`` slow streams, wait until each has its first frame, read RSS, drop them.
+
+    Streams are opened in waves of ``ramp`` (a wave's streams must have their
+    first frame before more are started): a thousand handshakes and decisions
+    at the same instant would measure a connection storm, not what an open
+    stream costs.
+    """
     first = asyncio.Semaphore(0)
+    opening = asyncio.Semaphore(ramp)
+    held: list[aiohttp.ClientResponse] = []
     opened = 0
 
     async def slow(http: aiohttp.ClientSession) -> None:
         nonlocal opened
         buffer = EventStreamBuffer()
-        async with http.post(
+        async with opening:
+            await _open_one(http, buffer)
+        await asyncio.Event().wait()  # hold it open until cancelled
+
+    async def _open_one(http: aiohttp.ClientSession, buffer: EventStreamBuffer) -> None:
+        nonlocal opened
+        answer = await http.post(
             URL(request.url, encoded=True), data=request.body, headers=dict(request.headers)
-        ) as answer:
-            if answer.status != 200:
-                # An AWS-shaped error body is not an event stream: report it as such.
-                body = (await answer.read())[:300]
-                raise RuntimeError(f"stream answered {answer.status}: {body!r}")
-            async for chunk in answer.content.iter_any():
-                buffer.add_data(chunk)
-                if any(True for _ in buffer):
-                    opened += 1
-                    first.release()
-                    await asyncio.Event().wait()  # hold it open until cancelled
+        )
+        if answer.status != 200:
+            # An AWS-shaped error body is not an event stream: report it as such.
+            body = (await answer.read())[:300]
+            raise RuntimeError(f"stream answered {answer.status}: {body!r}")
+        async for chunk in answer.content.iter_any():
+            buffer.add_data(chunk)
+            if any(True for _ in buffer):
+                opened += 1
+                first.release()
+                held.append(answer)  # the stream stays open; the session closes it
+                return
 
     async with session(tls) as http:
         tasks = [asyncio.create_task(slow(http)) for _ in range(count)]
@@ -180,6 +196,8 @@ async def hold_open(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for answer in held:
+            answer.close()
     return {
         "streams": count,
         "open_with_first_frame": opened,
