@@ -391,6 +391,9 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+OPEN_STREAM_RAMP = 100
+
+
 def _open_streams(run: Run, settings: dict[str, Any]) -> dict[str, Any]:
     stack, name = run.stack, "opa+audit"
     pid = stack.proxies[name].pid
@@ -411,7 +414,10 @@ def _open_streams(run: Run, settings: dict[str, Any]) -> dict[str, Any]:
                 stack.tls,
                 run.request(name, op),
                 count,
-                settle_timeout_s=delay / 1000 * 2 + count / 20,
+                # The emulator's slow fault holds every frame, the first too:
+                # each wave of `ramp` streams takes one frame delay to open.
+                settle_timeout_s=delay / 1000 * (count / OPEN_STREAM_RAMP + 2),
+                ramp=OPEN_STREAM_RAMP,
                 measure=lambda: procstat.rss_bytes(pid),
             )
         )
