@@ -124,6 +124,17 @@ def verify(files: Sequence[tuple[str, bytes]], *, public_key: bytes | None) -> R
             checkpoints += 1
             if signature_valid(entry.record, public_key):
                 valid_through = entry.seq
+            elif entry.record.get("sig") is None and public_key is None:
+                # No key configured: edits, deletions and reordering still show in
+                # the chain, but a chain rebuilt from scratch cannot be told apart.
+                findings.append(
+                    Finding(
+                        entry.where,
+                        "unsigned_checkpoint",
+                        "checkpoint is not signed (the proxy ran without audit.signing_key)",
+                        False,
+                    )
+                )
             else:
                 findings.append(
                     Finding(

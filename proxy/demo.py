@@ -4,7 +4,8 @@ Starts ``bedrock-proxy dev up``, issues an SVID for a registered workload,
 and makes unmodified boto3 calls with only ``endpoint_url`` and a client
 certificate changed (no AWS credentials in the app): an allowed InvokeModel,
 a Converse, a ConverseStream read as it streams, a call denied by policy, a
-call without a registered identity; then prints what the SOC sees.
+call without a registered identity; then stops the stack and shows what the
+SOC sees: ``audit tail`` and ``audit verify`` of the signed chain.
 """
 
 from __future__ import annotations
@@ -96,16 +97,25 @@ def run_calls(stack: dict, directory: Path) -> None:
             )
 
 
-def print_audit(path: Path) -> None:
-    print("\nAudit trail (what the SOC reads):")
-    print(f"{'event':<10} {'outcome':<16} {'operation':<14} {'model':<40} spiffe_id")
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        print(
-            f"{record['event']:<10} {str(record.get('outcome') or '-'):<16} "
-            f"{str(record.get('operation')):<14} {str(record.get('model_id')):<40} "
-            f"{record.get('spiffe_id')}"
-        )
+def print_audit(stack: dict) -> None:
+    """What the SOC reads, with the project's own tools: the table, then the chain check."""
+    log = stack["audit_log"]
+    print("\nAudit trail (bedrock-proxy audit tail):", flush=True)
+    subprocess.run([sys.executable, "-m", "proxy", "audit", "tail", log], check=False)
+    print("\nIntegrity (bedrock-proxy audit verify --public-key ...):", flush=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "audit",
+            "verify",
+            "--public-key",
+            stack["audit_public_key"],
+            log,
+        ],
+        check=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             f"emulator {stack['emulator_url']}\n"
         )
         run_calls(stack, directory)
-        print_audit(Path(stack["audit_log"]))
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=30)
+    # After the stop: the proxy has sealed the chain with a signed checkpoint.
+    print_audit(stack)
     return 0
 
 

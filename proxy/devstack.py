@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from proxy import devca
+from proxy.audit_chain import generate_key
 
 TRUST_DOMAIN = "example.org"
 REGION = "us-east-1"
@@ -220,6 +221,14 @@ def ensure_ca(directory: Path) -> None:
         devca.issue_server_cert(directory, "server", ["localhost"], ["127.0.0.1"])
 
 
+def ensure_audit_key(directory: Path) -> Path:
+    """The dev stack signs its audit checkpoints; verifiers get ``audit.key.pub``."""
+    key = directory / "audit.key"
+    if not key.exists():
+        generate_key(key)
+    return key
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -255,6 +264,7 @@ def dev_up(directory: Path, policies: Path) -> int:
             opa_url=opa_url,
             emulator=emulator_info,
             audit_log=audit_log,
+            audit_options={"signing_key": str(ensure_audit_key(directory))},
         )
         proxy, ports = start_proxy(directory, config)
         stack.callback(stop, proxy)
@@ -269,6 +279,7 @@ def dev_up(directory: Path, policies: Path) -> int:
             "sts_url": emulator_info["sts_url"],
             "opa_url": opa_url,
             "audit_log": str(audit_log),
+            "audit_public_key": str(directory / "audit.key.pub"),
         }
         tmp = directory / "stack.json.tmp"
         tmp.write_text(json.dumps(stack_info, indent=2))

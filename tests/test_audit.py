@@ -585,3 +585,20 @@ def test_parse_since(text: str, expected: datetime) -> None:
 @pytest.mark.parametrize(("value", "shown"), [(None, "-"), ("a\nb", "a\\nb"), (3, "3")])
 def test_safe(value: object, shown: str) -> None:
     assert safe(value) == shown
+
+
+def test_a_log_without_a_signing_key_is_unsealed_not_tampered(
+    audit_path: Path, signer: Signer
+) -> None:
+    log = open_log(audit_path, None, checkpoint_every=2)
+    try:
+        log.write("authorized", request_id="r1", model_id=HAIKU)
+        log.write("completed", request_id="r1", outcome="ok")
+    finally:
+        log.close()
+    unpinned = verify([(str(audit_path), audit_path.read_bytes())], public_key=None)
+    kinds = {f.kind for f in unpinned.findings}
+    assert "unsigned_checkpoint" in kinds and "bad_signature" not in kinds
+    assert unpinned.exit_code == 3
+    # Whoever pins a key expects signatures: a missing one is then a failure.
+    assert _report(audit_path, signer).exit_code == 1
