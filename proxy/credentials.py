@@ -192,6 +192,9 @@ def session_tags(scope: CredentialScope) -> list[dict[str, str]]:
     return [{"Key": key, "Value": _tag_value(value)} for key, value in pairs]
 
 
+# Actions IAM cannot scope to a resource: the only ones allowed on "*".
+_UNSCOPED_ACTIONS = frozenset({"bedrock:ListAsyncInvokes"})
+
 # The one wildcard allowed: the region of a foundation model reached through a profile.
 _ROUTED_MODEL = re.compile(r"^arn:aws(-us-gov|-cn)?:bedrock:\*::foundation-model/[^*?]+$")
 
@@ -202,6 +205,30 @@ def session_policy(scope: CredentialScope) -> str:
         raise CredentialsUnavailable(
             _PUBLIC_MESSAGE, detail="session policy needs at least one action and one resource"
         )
+    region_bound = {"StringEquals": {"aws:RequestedRegion": scope.region}}
+    if scope.resource_arns == ("*",) and set(scope.actions) <= _UNSCOPED_ACTIONS:
+        # Listing has no resource-level permission in IAM; the region still binds it.
+        statements = [
+            {"Effect": "Allow", "Action": list(scope.actions), "Resource": "*",
+             "Condition": region_bound}
+        ]  # fmt: skip
+    else:
+        statements = _scoped_statements(scope, region_bound)
+    text = json.dumps({"Version": "2012-10-17", "Statement": statements}, separators=(",", ":"))
+    if len(text) > POLICY_MAX_CHARS:
+        raise CredentialsUnavailable(
+            _PUBLIC_MESSAGE,
+            detail=(
+                f"session policy is {len(text)} chars, over the STS limit of {POLICY_MAX_CHARS} "
+                f"({len(scope.resource_arns)} resources); refusing to broaden it"
+            ),
+        )
+    return text
+
+
+def _scoped_statements(
+    scope: CredentialScope, region_bound: dict[str, Any]
+) -> list[dict[str, Any]]:
     routed = [arn for arn in scope.resource_arns if _ROUTED_MODEL.match(arn)]
     direct = [arn for arn in scope.resource_arns if arn not in routed]
     profiles = [arn for arn in direct if ":inference-profile/" in arn]
@@ -211,13 +238,9 @@ def session_policy(scope: CredentialScope) -> str:
             _PUBLIC_MESSAGE, detail=f"session policy refuses wildcards: {wildcards or routed!r}"
         )
     statements: list[dict[str, Any]] = [
-        {
-            "Effect": "Allow",
-            "Action": list(scope.actions),
-            "Resource": direct,
-            "Condition": {"StringEquals": {"aws:RequestedRegion": scope.region}},
-        }
-    ]
+        {"Effect": "Allow", "Action": list(scope.actions), "Resource": direct,
+         "Condition": region_bound}
+    ]  # fmt: skip
     if routed:
         # A cross-region profile sends the call to the model in any region of its
         # geography; that is allowed only when it arrives through the profile itself.
@@ -229,17 +252,7 @@ def session_policy(scope: CredentialScope) -> str:
                 "Condition": {"StringEquals": {"bedrock:InferenceProfileArn": profiles}},
             }
         )
-    document = {"Version": "2012-10-17", "Statement": statements}
-    text = json.dumps(document, separators=(",", ":"))
-    if len(text) > POLICY_MAX_CHARS:
-        raise CredentialsUnavailable(
-            _PUBLIC_MESSAGE,
-            detail=(
-                f"session policy is {len(text)} chars, over the STS limit of {POLICY_MAX_CHARS} "
-                f"({len(scope.resource_arns)} resources); refusing to broaden it"
-            ),
-        )
-    return text
+    return statements
 
 
 def duration_seconds(

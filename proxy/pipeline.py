@@ -93,6 +93,7 @@ class DataPlane:
             document=document,
         )
         ctx.prompt_sha256 = hashlib.sha256(body).hexdigest()
+        tools = _tool_names(document)
 
         decide_started = time.monotonic()
         decision = ctx.decision = await self.decider.decide(
@@ -104,7 +105,7 @@ class DataPlane:
                     region=ctx.region,
                     account=ctx.account,
                     body_bytes=len(body),
-                    tools=_tool_names(document),
+                    tools=tools,
                     guardrail=_requested_guardrail(route, request, document),
                     classification=ctx.classification,
                     now=self.clock(),
@@ -128,7 +129,7 @@ class DataPlane:
                 CallRecord(
                     ctx.model.id if ctx.model else None,
                     ctx.classification.effective,
-                    _tool_names(document),
+                    tools,
                 ),
             )
         headers, body = apply_obligations(
@@ -305,7 +306,14 @@ def _resource_arns(
             fm_region = "" if model.geo == "global" else "*"
             arns.add(f"arn:aws:bedrock:{fm_region}::foundation-model/{model.foundation_id}")
         return tuple(sorted(arns))
-    account_part = account or "*"
+    if route.async_invocation_arn is not None:
+        return (route.async_invocation_arn,)
+    if route.operation == "ListAsyncInvokes":
+        # IAM has no resource-level permission for listing: "*" is the only scope.
+        return ("*",)
     if route.guardrail is not None:
-        return (f"arn:aws:bedrock:{region}:{account_part}:guardrail/{route.guardrail[0]}",)
-    return (f"arn:aws:bedrock:{region}:{account_part}:async-invoke/*",)
+        identifier = route.guardrail[0]
+        if identifier.startswith("arn:"):
+            return (identifier,)
+        return (f"arn:aws:bedrock:{region}:{account or '*'}:guardrail/{identifier}",)
+    raise InvalidRequest(f"{route.operation} names no resource the proxy can scope credentials to")

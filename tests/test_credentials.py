@@ -616,3 +616,16 @@ async def test_long_spiffe_ids_sharing_a_prefix_get_distinct_sessions(
 def test_scope_replace_is_a_new_key() -> None:
     scope = make_scope()
     assert replace(scope, classification="restricted") != scope
+
+
+def test_listing_is_the_only_action_allowed_on_every_resource() -> None:
+    listing = json.loads(
+        session_policy(make_scope(actions=("bedrock:ListAsyncInvokes",), resource_arns=("*",)))
+    )
+    [statement] = listing["Statement"]
+    assert statement["Resource"] == "*"
+    assert statement["Action"] == ["bedrock:ListAsyncInvokes"]
+    assert statement["Condition"] == {"StringEquals": {"aws:RequestedRegion": "eu-central-1"}}
+    for actions in (("bedrock:InvokeModel",), ("bedrock:ListAsyncInvokes", "bedrock:InvokeModel")):
+        with pytest.raises(CredentialsUnavailable):
+            session_policy(make_scope(actions=actions, resource_arns=("*",)))
