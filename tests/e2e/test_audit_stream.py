@@ -3,9 +3,11 @@ evidence after SIGKILL, injection-proof records, one terminal record per request
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -154,18 +156,44 @@ def test_injection_in_model_id_and_headers_stays_escaped(
 
 
 def test_mixed_run_has_one_terminal_record_per_request(
-    proxy: ProxyHandle, emulator: Emulator
+    proxy_factory: ProxyFactory, opa_url: str, emulator: Emulator
 ) -> None:
-    ids = []
-    for path, body in (
-        (f"/model/{HAIKU}/converse", b"{not json"),  # 400
-        ("/model/not-a-model/converse", b'{"messages":[]}'),  # refused
-        (f"/model/{HAIKU}/converse", b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}'),
+    proxy = proxy_factory(opa_url)  # its own credential cache: the STS refusal below is certain
+    good = b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}'
+    json_headers = {"Content-Type": "application/json"}
+    connections_before = sum(1 for r in proxy.all_records() if r["event"] == "connection")
+    # A handshake without a client certificate: no request, one connection record.
+    bare = proxy.connection(None)
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+        bare.request("POST", f"/model/{HAIKU}/converse", body=good, headers=json_headers)
+        bare.getresponse()
+    bare.close()
+    ids, statuses = [], []
+    for path, body, fault in (
+        (f"/model/{HAIKU}/converse", b"{not json", None),  # 400
+        ("/model/meta.llama3-70b-instruct-v1:0/converse", good, None),  # 403 by policy
+        (f"/model/{HAIKU}/converse", good, "throttle"),  # upstream 429, passed through
+        (f"/model/{HAIKU}/converse", good, None),  # 200
     ):
-        status, headers, _ = proxy.raw(
-            "POST", path, body=body, headers={"Content-Type": "application/json"}
-        )
+        if fault:
+            emulator.fault(fault, count=1)
+        status, headers, _ = proxy.raw("POST", path, body=body, headers=json_headers)
         ids.append(headers["x-amzn-RequestId"])
+        statuses.append(status)
+    # 503: a new credential scope (another classification) and STS refuses it.
+    emulator.fault("sts_deny", count=1)
+    status, headers, _ = proxy.raw(
+        "POST",
+        f"/model/{HAIKU}/converse",
+        body=good,
+        headers={**json_headers, "X-Data-Classification": "public"},
+    )
+    ids.append(headers["x-amzn-RequestId"])
+    statuses.append(status)
+    assert statuses == [400, 403, 429, 200, 503]
+    connections = [r for r in proxy.all_records() if r["event"] == "connection"]
+    assert len(connections) == connections_before + 1
+    assert "peer_did_not_return_a_certificate" in connections[-1]["reason"]
     for request_id in ids:
         terminal = [
             r for r in proxy.request_of(request_id) if r["event"] in ("completed", "denied")
