@@ -27,6 +27,7 @@ from proxy.errors import AuditUnavailable, ProxyError, UnknownOperation
 from proxy.identity import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.pipeline import DataPlane
+from proxy.policy_revision import PolicyRevision
 from proxy.task_api import TaskApi, TaskService, sweeper
 from proxy.task_store import open_store
 from proxy.upstream import Upstream
@@ -112,7 +113,8 @@ def _components(
         audit = open_audit_log(
             settings, worker=worker, observe_write=metrics.audit_write_seconds.observe
         )
-        decider = OpaDecider(settings.opa_url, timeout_s=settings.opa_timeout_s)
+        revision = PolicyRevision(settings.opa_url, timeout_s=max(settings.opa_timeout_s, 1.0))
+        decider = OpaDecider(settings.opa_url, timeout_s=settings.opa_timeout_s, revision=revision)
         upstream = Upstream(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
@@ -131,11 +133,15 @@ def _components(
             max_session_seconds=settings.max_session_seconds,
         )
         admin_decider = OpaDecider(
-            settings.opa_url, timeout_s=settings.opa_timeout_s, package=ADMIN_PACKAGE
+            settings.opa_url,
+            timeout_s=settings.opa_timeout_s,
+            package=ADMIN_PACKAGE,
+            revision=revision,
         )
         store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
         tasks = TaskService(store, broker, audit, clock=lambda: datetime.now(UTC))
         identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
+        await revision.start()
         await decider.start()
         classification_rules = PolicyRules(settings.opa_url, timeout_s=settings.opa_timeout_s)
         await classification_rules.start()
@@ -164,6 +170,7 @@ def _components(
         await store.close()
         await admin_decider.close()
         await decider.close()
+        await revision.close()
         await classification_rules.close()
         audit.close()
 
@@ -174,30 +181,14 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _task_handler(name: str) -> Handler:
+def _task_handler(name: str, *, admin: bool = False) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        api = request.app[TASK_API]
+        # Admin routes share the data app's components (one task store, one broker).
+        api = request.app[DATA_APP][TASK_API] if admin else request.app[TASK_API]
         method: Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]] = getattr(
             api, name
         )
         return await method(request, request[CONTEXT])
-
-    return handle
-
-
-def _admin_task_handler(name: str) -> Handler:
-    """Admin routes share the data app's components (one task store, one broker)."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        async def inner(request: web.Request) -> web.StreamResponse:
-            api = request.app[DATA_APP][TASK_API]
-            method: Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]] = (
-                getattr(api, "admin_" + name)
-            )
-            return await method(request, request[CONTEXT])
-
-        # Same error mapping and terminal audit record as the data plane.
-        return await error_middleware(request, inner)
 
     return handle
 
@@ -207,12 +198,15 @@ def build_admin_app(data_app: web.Application | None = None) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", handle_health)
     if data_app is not None:
-        app[DATA_APP] = data_app
-        app[METRICS] = data_app[METRICS]
         app.router.add_get("/metrics", data_app[METRICS].handle)
-        app.router.add_get("/admin/tasks", _admin_task_handler("list"))
-        app.router.add_post("/admin/tasks/{task_id}/revoke", _admin_task_handler("revoke"))
-        app.cleanup_ctx.append(_share_audit)
+        # Same error mapping and terminal audit record as the data plane.
+        admin = web.Application(middlewares=[error_middleware])
+        admin[DATA_APP] = data_app
+        admin[METRICS] = data_app[METRICS]
+        admin.router.add_get("/tasks", _task_handler("admin_list", admin=True))
+        admin.router.add_post("/tasks/{task_id}/revoke", _task_handler("admin_revoke", admin=True))
+        admin.cleanup_ctx.append(_share_audit)
+        app.add_subapp("/admin/", admin)
     return app
 
 

@@ -254,11 +254,17 @@ class OpaDecider:
     """Asks OPA for ``data.bedrock.authz.decision`` under a hard timeout."""
 
     def __init__(
-        self, opa_url: str, *, timeout_s: float, package: str = DECISION_PACKAGE
+        self,
+        opa_url: str,
+        *,
+        timeout_s: float,
+        package: str = DECISION_PACKAGE,
+        revision: PolicyRevision | None = None,
     ) -> None:
         # Only the runtime package yields obligations (the admin plane assumes no role).
         self._package = package
-        self.revision = PolicyRevision(opa_url, timeout_s=max(timeout_s, 1.0))
+        # One revision poller per process, shared by every decider asking the same OPA.
+        self._revision = revision
         parts = urlsplit(opa_url)
         self._timeout_s = timeout_s
         self._client = AsyncOpaClient(
@@ -271,10 +277,8 @@ class OpaDecider:
 
     async def start(self) -> None:
         await self._client._init_session()
-        await self.revision.start()
 
     async def close(self) -> None:
-        await self.revision.close()
         await self._client.close_connection()
 
     async def decide(self, opa_input: dict[str, Any]) -> Decision:
@@ -295,6 +299,6 @@ class OpaDecider:
         return parse_decision(
             answer,
             fallback_id=fallback_id,
-            revision=self.revision.current,
+            revision=None if self._revision is None else self._revision.current,
             obligations_required=self._package == DECISION_PACKAGE,
         )

@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,8 +65,8 @@ class DataPlane:
     # None: no task store, so any X-Task-Id is refused as unknown.
     tasks: TaskService | None = None
     metrics: Metrics | None = None
-    # None: the built-in finding levels, no policy data.
-    classifier: Classifier | None = None
+    # Default: the built-in finding levels, no policy data.
+    classifier: Classifier = field(default_factory=lambda: Classifier(None))
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         leaf, intermediates = _peer_certificates(request)
@@ -84,7 +84,7 @@ class DataPlane:
         ctx.account = (ctx.model.account if ctx.model else None) or self.settings.default_account
         ctx.task_id = _task_id(request.headers.get("X-Task-Id"))
         task = await self._task(ctx.task_id, ctx.identity.spiffe_id)
-        classifier = self.classifier or Classifier(None)
+        classifier = self.classifier
         ctx.classification = await classifier.classify(
             request.headers.get("X-Data-Classification"),
             body,

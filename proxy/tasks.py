@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from proxy.classify import LEVELS
 from proxy.errors import InvalidRequest, TaskRefused
 
 MIN_TTL_SECONDS = 60
@@ -42,7 +43,6 @@ MAX_CALLS_LIMIT = 1_000_000
 MAX_PURPOSE_CHARS = 256
 MAX_LIST_ITEMS = 32
 MAX_ITEM_CHARS = 2048
-CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
 END_REASONS = ("deleted", "expired", "max_calls", "revoked")
 TASK_ID_PREFIX = "task-"
 _FIELDS = {"purpose", "ttl_seconds", "max_calls", "models", "classification", "tools"}
@@ -195,8 +195,8 @@ def parse_open_request(body: bytes) -> TaskRequest:
     if missing:
         raise InvalidRequest(f"Missing required field(s): {', '.join(missing)}")
     classification = document.get("classification", "internal")
-    if classification not in CLASSIFICATIONS:
-        raise InvalidRequest(f"classification must be one of {', '.join(CLASSIFICATIONS)}")
+    if classification not in LEVELS:
+        raise InvalidRequest(f"classification must be one of {', '.join(LEVELS)}")
     return TaskRequest(
         purpose=_purpose(document["purpose"]),
         ttl_seconds=_integer(
