@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -619,10 +620,11 @@ def test_exception_frame_fault(harness: Harness) -> None:
     client = harness.bedrock()
     harness.fault(kind="exception_frame")
     client.converse(modelId=HAIKU, messages=MESSAGES)  # non-streaming calls leave it queued
-    answer = client.converse_stream(modelId=HAIKU, messages=MESSAGES)
+    stream = client.converse_stream(modelId=HAIKU, messages=MESSAGES)["stream"]
     seen = []
-    with pytest.raises(EventStreamError) as info:
-        for event in answer["stream"]:
+    # A stream that ends in an error keeps its socket until closed.
+    with closing(stream), pytest.raises(EventStreamError) as info:
+        for event in stream:
             seen.append(next(iter(event)))
     assert info.value.response["Error"]["Code"] == "throttlingException"
     assert seen == ["messageStart", "contentBlockDelta"]
@@ -633,10 +635,10 @@ def test_exception_frame_fault(harness: Harness) -> None:
 def test_reset_fault(harness: Harness) -> None:
     client = harness.bedrock()
     harness.fault(kind="reset")
-    answer = client.invoke_model_with_response_stream(modelId=HAIKU, body=ANTHROPIC_BODY)
+    stream = client.invoke_model_with_response_stream(modelId=HAIKU, body=ANTHROPIC_BODY)["body"]
     seen = []
-    with pytest.raises((urllib3.exceptions.ProtocolError, ResponseStreamingError)):
-        for event in answer["body"]:
+    with closing(stream), pytest.raises((urllib3.exceptions.ProtocolError, ResponseStreamingError)):
+        for event in stream:
             seen.append(event)
     assert len(seen) == 2
     (record,) = harness.records()

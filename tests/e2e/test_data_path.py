@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from contextlib import closing
 from typing import Any
 from urllib.parse import quote
 
@@ -343,8 +344,9 @@ def test_exception_frame_mid_stream_is_relayed_and_audited(
     assert completed["outcome"] == "upstream_error"
 
     emulator.fault("exception_frame", count=1)
-    with pytest.raises(EventStreamError):
-        for _ in proxy.client().converse_stream(modelId=HAIKU, messages=MESSAGES)["stream"]:
+    stream = proxy.client().converse_stream(modelId=HAIKU, messages=MESSAGES)["stream"]
+    with closing(stream), pytest.raises(EventStreamError):  # closing: the error leaves it open
+        for _ in stream:
             pass
 
 
