@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,34 @@ def test_max_calls_ends_the_task(proxy: ProxyHandle) -> None:
         if r["event"] == "task_ended" and r["task_id"] == task["task_id"]
     ]
     assert reasons == ["max_calls"]
+
+
+def test_ttl_expiry_ends_the_task_once_across_processes(
+    redis_server: RedisServer, proxies: Any, emulator: Emulator
+) -> None:
+    # The shortest TTL the API accepts is 60 s, so this test waits that long for real.
+    a, _ = proxies(redis_server.url)
+    b, _ = proxies(redis_server.url)
+    task = open_task(a, ttl_seconds=60)
+    expires_at = datetime.fromisoformat(task["expires_at"])
+    assert converse(b, task["task_id"])[0] == 200
+    forwarded = len(emulator.requests())
+
+    time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 1.0)
+    # The sweepers (every 200 ms) have ended it before any call names it again.
+    ended = [
+        r
+        for proxy in (a, b)
+        for r in proxy.records()
+        if r["event"] == "task_ended" and r["task_id"] == task["task_id"]
+    ]
+    assert [r["reason"] for r in ended] == ["expired"]
+    for proxy in (a, b):
+        status, refused = converse(proxy, task["task_id"])
+        assert status == 403 and "ended (expired)" in refused["message"], refused
+    assert len(emulator.requests()) == forwarded
+    status, seen = call_json(a, "GET", f"/v1/tasks/{task['task_id']}")
+    assert status == 200 and seen["state"] == "ended" and seen["ended_reason"] == "expired"
 
 
 def test_someone_elses_task_is_refused(proxy: ProxyHandle) -> None:
