@@ -25,11 +25,19 @@ from aiohttp import web
 
 from proxy.app import AUDIT, build_admin_app, build_data_app
 from proxy.config import Listen, Settings
+from proxy.errors import ConfigError
 from proxy.identity import TrustBundles, server_ssl_context
 from proxy.tls_accept import TlsSite
 
 
 def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None) -> int:
+    if workers > 1 and settings.audit_path == "-":
+        # Each worker has its own hash chain: on one stdout the chains would mix and
+        # lines over PIPE_BUF could interleave, leaving a trail no one can verify.
+        raise ConfigError(
+            f'audit path "-" (stdout) cannot be shared by {workers} workers: '
+            "set [audit] path to a file (each worker writes its own) or run one worker"
+        )
     reserved = [_reserve(settings.data_listen), _reserve(settings.admin_listen)]
     ports = [sock.getsockname()[1] for sock in reserved]
     ready_read, ready_write = os.pipe()

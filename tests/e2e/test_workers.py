@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tests.conftest import HAIKU, Emulator, ProxyFactory
+from proxy import devstack
+from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
@@ -44,3 +47,24 @@ def test_two_workers_serve_and_fail_together(
         time.sleep(0.05)
     assert proxy.process.returncode == 1, "a dead worker stops the whole proxy"
     assert not Path(f"/proc/{workers[1]}").exists() or children_of(proxy.process.pid) == []
+
+
+def test_stdout_audit_with_several_workers_is_refused_at_start(
+    tmp_path: Path, pki: Pki, emulator: Emulator, opa_url: str
+) -> None:
+    config = devstack.write_proxy_config(
+        tmp_path / "proxy.toml",
+        pki=pki.dir,
+        opa_url=opa_url,
+        emulator=emulator.info,
+        audit_log=Path("-"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert 'audit path "-" (stdout) cannot be shared by 2 workers' in done.stderr
