@@ -4,7 +4,8 @@ Every worker binds its own listening sockets with SO_REUSEPORT, so the kernel
 spreads connections across workers. The parent only reserves the ports
 (which makes ``:0`` work), starts the workers, writes the ready file once all
 of them listen, forwards SIGINT/SIGTERM, and stops every worker if one dies:
-a half-dead proxy is worse than a stopped one. uvloop is used when installed.
+a half-dead proxy is worse than a stopped one. Workers also stop if the parent
+dies, even by SIGKILL, so no orphan keeps serving on the shared port. uvloop is used when installed.
 """
 
 from __future__ import annotations
@@ -41,18 +42,26 @@ def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None)
     reserved = [_reserve(settings.data_listen), _reserve(settings.admin_listen)]
     ports = [sock.getsockname()[1] for sock in reserved]
     ready_read, ready_write = os.pipe()
+    # The parent holds the lifeline's write end until it exits, however it exits
+    # (even SIGKILL): workers stop at its EOF instead of serving on as orphans.
+    lifeline_read, lifeline_write = os.pipe()
     children = []
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
-            code = _worker(settings, ports, ready_write, index)
+            os.close(lifeline_write)
+            code = _worker(settings, ports, ready_write, lifeline_read, index)
             os._exit(code)
         children.append(pid)
     os.close(ready_write)
+    os.close(lifeline_read)
     for sock in reserved:
         sock.close()
-    return _supervise(children, ready_read, ports, ready_file)
+    try:
+        return _supervise(children, ready_read, ports, ready_file)
+    finally:
+        os.close(lifeline_write)
 
 
 def _reserve(listen: Listen) -> socket.socket:
@@ -77,11 +86,13 @@ def _listening(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: Settings, ports: list[int], ready_write: int, index: int) -> int:
+def _worker(
+    settings: Settings, ports: list[int], ready_write: int, lifeline: int, index: int
+) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
     try:
-        _run_loop(_serve_worker(settings, ports, ready_write, index))
+        _run_loop(_serve_worker(settings, ports, ready_write, lifeline, index))
     except Exception as exc:  # start-up failures: say why, exit non-zero
         print(f"bedrock-proxy worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -97,7 +108,9 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coroutine)
 
 
-async def _serve_worker(settings: Settings, ports: list[int], ready_write: int, index: int) -> None:
+async def _serve_worker(
+    settings: Settings, ports: list[int], ready_write: int, lifeline: int, index: int
+) -> None:
     bundles = TrustBundles.load(settings.trust_bundles)
     ssl_context = server_ssl_context(settings.server_cert, settings.server_key, bundles)
     # Each worker has its own audit file and hash chain (audit.log, audit-1.log, ...).
@@ -132,6 +145,7 @@ async def _serve_worker(settings: Settings, ports: list[int], ready_write: int, 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_reader(lifeline, _parent_gone, loop, lifeline, stop)
     os.write(ready_write, b"r")
     os.close(ready_write)
     try:
@@ -139,6 +153,17 @@ async def _serve_worker(settings: Settings, ports: list[int], ready_write: int, 
     finally:
         await data_runner.cleanup()
         await admin_runner.cleanup()
+
+
+def _parent_gone(loop: asyncio.AbstractEventLoop, lifeline: int, stop: asyncio.Event) -> None:
+    # Readable means EOF: nothing is ever written to the lifeline.
+    loop.remove_reader(lifeline)
+    print(
+        f"bedrock-proxy worker {os.getpid()}: the parent process is gone, stopping",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop.set()
 
 
 def _supervise(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,3 +69,23 @@ def test_stdout_audit_with_several_workers_is_refused_at_start(
     )
     assert done.returncode == 2, done.stderr
     assert 'audit path "-" (stdout) cannot be shared by 2 workers' in done.stderr
+
+
+def test_workers_stop_gracefully_when_the_parent_is_killed(
+    proxy_factory: ProxyFactory, opa_url: str
+) -> None:
+    proxy = proxy_factory(opa_url, workers=2)
+    workers = children_of(proxy.process.pid)
+    assert len(workers) == 2
+    proxy.process.kill()  # SIGKILL: the parent cannot forward anything
+    proxy.process.wait(10)
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "orphaned workers"
+    # Each stopped the normal way: its chain ends with the final shutdown checkpoint.
+    files = proxy.audit_files()
+    assert len(files) == 2
+    for path in files:
+        last = json.loads(path.read_text().splitlines()[-1])
+        assert (last["event"], last["reason"], last["final"]) == ("checkpoint", "shutdown", True)
