@@ -6,18 +6,21 @@ derived from the terminal audit record, so metrics and audit can never
 disagree about what happened; decision, upstream and audit-write latency are
 timed where they happen. Label values come from closed sets (operation names
 the router knows, outcome codes), never from caller strings, so a caller
-cannot explode the series count. With ``--workers N`` each worker answers for
-itself (a scrape reaches one of them); run one worker per instance when exact
-totals matter.
+cannot explode the series count. With ``--workers N`` the CLI turns on
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh
+directory per run): every worker writes its values to a file there, and
+whichever worker a scrape reaches answers with the sum of all of them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _KNOWN_OUTCOMES = frozenset(
@@ -104,6 +107,11 @@ class Metrics:
         self.sts_calls.labels("ok" if status == 200 else "error").inc()
 
     async def handle(self, request: web.Request) -> web.Response:
+        registry = self.registry
+        shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=shared_dir)
         return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

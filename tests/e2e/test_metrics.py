@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import re
 import ssl
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -58,3 +59,24 @@ def test_requests_outcomes_tokens_and_sts_calls_are_counted(
     assert sample(text, "bedrock_proxy_sts_calls_total") == 1.0, "the second call hit the cache"
     output_tokens = sample(text, "bedrock_proxy_tokens_total", direction="output")
     assert output_tokens == 2 * answer["usage"]["outputTokens"]
+
+
+def test_every_scrape_sums_all_workers(proxy_factory: ProxyFactory, opa_url: str) -> None:
+    proxy = proxy_factory(opa_url, workers=2)
+    calls = 0
+    # Fresh connections until both workers have served (the kernel picks one per connection).
+    while calls < 40 and (calls < 6 or len(_workers_that_served(proxy)) < 2):
+        proxy.close_clients()
+        proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
+        calls += 1
+    assert len(_workers_that_served(proxy)) == 2, "one worker took every connection"
+    for _ in range(6):
+        # Each worker alone saw fewer calls than were made: only a sum can match.
+        text = scrape(proxy)
+        ok = sample(text, "bedrock_proxy_requests_total", operation="Converse", outcome="ok")
+        assert ok == calls
+        assert sample(text, "bedrock_proxy_decision_seconds_count") == calls
+
+
+def _workers_that_served(proxy: ProxyHandle) -> list[Path]:
+    return [p for p in proxy.audit_files() if '"event":"completed"' in p.read_text()]
