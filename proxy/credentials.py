@@ -11,7 +11,9 @@ assumption carries:
 * an inline session policy allowing only ``scope.actions`` on
   ``scope.resource_arns`` with ``aws:RequestedRegion`` pinned to the region,
   so that even a bug further down the pipeline cannot reach another model or
-  region with these credentials;
+  region with these credentials (a cross-region profile's model is allowed
+  only through that profile, and a global profile's with the region
+  "unspecified", as IAM evaluates it);
 * ``SourceIdentity`` and ``RoleSessionName`` derived deterministically from the
   SPIFFE ID, so CloudTrail ties every Bedrock call to the workload;
 * session tags (trust domain, workload, task, classification), not
@@ -197,6 +199,9 @@ _UNSCOPED_ACTIONS = frozenset({"bedrock:ListAsyncInvokes"})
 
 # The one wildcard allowed: the region of a foundation model reached through a profile.
 _ROUTED_MODEL = re.compile(r"^arn:aws(-us-gov|-cn)?:bedrock:\*::foundation-model/[^*?]+$")
+# A global profile's model: no region in the ARN, and IAM evaluates it with
+# aws:RequestedRegion "unspecified" (BEDROCK_FACTS section 6).
+_GLOBAL_MODEL = re.compile(r"^arn:aws(-us-gov|-cn)?:bedrock:::foundation-model/[^*?]+$")
 
 
 def session_policy(scope: CredentialScope) -> str:
@@ -213,7 +218,7 @@ def session_policy(scope: CredentialScope) -> str:
              "Condition": region_bound}
         ]  # fmt: skip
     else:
-        statements = _scoped_statements(scope, region_bound)
+        statements = _scoped_statements(scope)
     text = json.dumps({"Version": "2012-10-17", "Statement": statements}, separators=(",", ":"))
     if len(text) > POLICY_MAX_CHARS:
         raise CredentialsUnavailable(
@@ -226,31 +231,34 @@ def session_policy(scope: CredentialScope) -> str:
     return text
 
 
-def _scoped_statements(
-    scope: CredentialScope, region_bound: dict[str, Any]
-) -> list[dict[str, Any]]:
+def _scoped_statements(scope: CredentialScope) -> list[dict[str, Any]]:
     routed = [arn for arn in scope.resource_arns if _ROUTED_MODEL.match(arn)]
-    direct = [arn for arn in scope.resource_arns if arn not in routed]
+    global_models = [arn for arn in scope.resource_arns if _GLOBAL_MODEL.match(arn)]
+    direct = [arn for arn in scope.resource_arns if arn not in routed + global_models]
     profiles = [arn for arn in direct if ":inference-profile/" in arn]
     wildcards = [v for v in (*scope.actions, *direct) if "*" in v or "?" in v]
-    if wildcards or (routed and not profiles):
+    if wildcards or ((routed or global_models) and not profiles):
         raise CredentialsUnavailable(
-            _PUBLIC_MESSAGE, detail=f"session policy refuses wildcards: {wildcards or routed!r}"
+            _PUBLIC_MESSAGE,
+            detail=(
+                "session policy refuses wildcards and profile-routed models without their "
+                f"profile: {wildcards or routed or global_models!r}"
+            ),
         )
-    statements: list[dict[str, Any]] = [
-        {"Effect": "Allow", "Action": list(scope.actions), "Resource": direct,
-         "Condition": region_bound}
-    ]  # fmt: skip
+
+    def allow(resources: list[str], condition: dict[str, Any]) -> dict[str, Any]:
+        return {"Effect": "Allow", "Action": list(scope.actions), "Resource": resources,
+                "Condition": {"StringEquals": condition}}  # fmt: skip
+
+    # A profile sends the call on to its model (in any region of its geography, or
+    # in no named region for a global profile): allowed only through the profile.
+    through_profile = {"bedrock:InferenceProfileArn": profiles}
+    statements = [allow(direct, {"aws:RequestedRegion": scope.region})]
     if routed:
-        # A cross-region profile sends the call to the model in any region of its
-        # geography; that is allowed only when it arrives through the profile itself.
+        statements.append(allow(routed, through_profile))
+    if global_models:
         statements.append(
-            {
-                "Effect": "Allow",
-                "Action": list(scope.actions),
-                "Resource": routed,
-                "Condition": {"StringEquals": {"bedrock:InferenceProfileArn": profiles}},
-            }
+            allow(global_models, {"aws:RequestedRegion": "unspecified", **through_profile})
         )
     return statements
 

@@ -193,6 +193,43 @@ def test_session_policy_is_exact_and_compact() -> None:
     }
 
 
+PROFILE_US = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.vendor.m-v1:0"
+PROFILE_GLOBAL = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/global.vendor.m-v1:0"
+
+
+@pytest.mark.parametrize(
+    ("profile", "routed", "routed_condition"),
+    [
+        (PROFILE_US, "arn:aws:bedrock:*::foundation-model/vendor.m-v1:0",
+         {"bedrock:InferenceProfileArn": [PROFILE_US]}),
+        (PROFILE_GLOBAL, "arn:aws:bedrock:::foundation-model/vendor.m-v1:0",
+         {"aws:RequestedRegion": "unspecified", "bedrock:InferenceProfileArn": [PROFILE_GLOBAL]}),
+    ],
+    ids=["geo", "global"],
+)  # fmt: skip
+def test_profile_models_are_allowed_only_through_the_profile(
+    profile: str, routed: str, routed_condition: dict[str, Any]
+) -> None:
+    statements = json.loads(
+        session_policy(make_scope(region="us-east-1", resource_arns=(profile, routed)))
+    )["Statement"]
+    assert [(s["Resource"], s["Condition"]["StringEquals"]) for s in statements] == [
+        ([profile], {"aws:RequestedRegion": "us-east-1"}),
+        ([routed], routed_condition),
+    ]
+
+
+@pytest.mark.parametrize(
+    "routed",
+    ["arn:aws:bedrock:*::foundation-model/vendor.m-v1:0",
+     "arn:aws:bedrock:::foundation-model/vendor.m-v1:0"],
+)  # fmt: skip
+def test_profile_models_without_their_profile_are_refused(routed: str) -> None:
+    with pytest.raises(CredentialsUnavailable) as info:
+        session_policy(make_scope(resource_arns=(MODEL_ARN, routed)))
+    assert info.value.detail is not None and "without their profile" in info.value.detail
+
+
 def test_scope_order_does_not_change_the_key() -> None:
     a = make_scope(resource_arns=("b", "a", "a"), actions=("y", "x"))
     b = make_scope(resource_arns=("a", "b"), actions=("x", "y"))

@@ -41,7 +41,7 @@ from proxy.emulator import Emulator, start_emulator
 from proxy.emulator.errors import AwsError
 from proxy.emulator.eventstream import encode_frame, event_frame, exception_frame
 from proxy.emulator.faults import parse_fault
-from proxy.emulator.iam import model_resource, session_policy_allows
+from proxy.emulator.iam import model_resource, profile_route, session_policy_allows
 from proxy.emulator.routes import parse_route
 from proxy.emulator.sigv4 import IssuedCredential, parse_authorization, verify_request
 
@@ -195,6 +195,45 @@ def test_session_policy(
     policy: dict[str, Any] | None, action: str, resource: str, region: str, allowed: bool
 ) -> None:
     assert session_policy_allows(policy, action, resource, region) is allowed
+
+
+US_PROFILE = f"arn:aws:bedrock:{REGION}:123456789012:inference-profile/us.{HAIKU}"
+GLOBAL_PROFILE = f"arn:aws:bedrock:{REGION}:123456789012:inference-profile/global.{HAIKU}"
+GLOBAL_HAIKU = f"arn:aws:bedrock:::foundation-model/{HAIKU}"
+
+
+@pytest.mark.parametrize(
+    ("resource", "route"),
+    [
+        (US_PROFILE, (HAIKU_ARN, REGION)),
+        (GLOBAL_PROFILE, (GLOBAL_HAIKU, "unspecified")),
+        (HAIKU_ARN, None),
+        ("arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc", None),
+    ],
+)
+def test_profile_route(resource: str, route: tuple[str, str] | None) -> None:
+    assert profile_route(resource) == route
+
+
+@pytest.mark.parametrize(
+    ("condition", "region", "profile", "allowed"),
+    [
+        ({"bedrock:InferenceProfileArn": US_PROFILE}, REGION, US_PROFILE, True),
+        ({"bedrock:InferenceProfileArn": US_PROFILE}, REGION, GLOBAL_PROFILE, False),
+        ({"bedrock:InferenceProfileArn": US_PROFILE}, REGION, None, False),  # key absent
+        ({"aws:RequestedRegion": "unspecified"}, "unspecified", None, True),
+        ({"aws:RequestedRegion": "unspecified"}, REGION, None, False),
+    ],
+)
+def test_profile_conditions(
+    condition: dict[str, str], region: str, profile: str | None, allowed: bool
+) -> None:
+    policy = _policy([HAIKU_ARN, GLOBAL_HAIKU], Condition={"StringEquals": condition})
+    resource = GLOBAL_HAIKU if region == "unspecified" else HAIKU_ARN
+    assert (
+        session_policy_allows(policy, "bedrock:InvokeModel", resource, region, profile_arn=profile)
+        is allowed
+    )
 
 
 @pytest.mark.parametrize(
@@ -569,6 +608,30 @@ def test_session_policy_scopes_models(harness: Harness) -> None:
         lambda: client.count_tokens(modelId=HAIKU, input={"invokeModel": {"body": b"{}"}})
     ) == ("AccessDeniedException", 403)
     assert [r["outcome"] for r in harness.records()] == ["completed", "rejected", "rejected"]
+
+
+@pytest.mark.parametrize("geo", ["us", "global"])
+def test_profile_calls_need_the_routed_model_too(harness: Harness, geo: str) -> None:
+    profile = US_PROFILE if geo == "us" else GLOBAL_PROFILE
+    routed, routed_region = profile_route(profile) or ("", "")
+    only_profile = _policy([profile])
+    both = {
+        "Version": "2012-10-17",
+        "Statement": [
+            only_profile["Statement"][0],
+            _policy([routed], Condition={"StringEquals": {"aws:RequestedRegion": routed_region}})[
+                "Statement"
+            ][0],
+        ],
+    }
+    denied = harness.bedrock(harness.assume(Policy=json.dumps(only_profile)))
+    allowed = harness.bedrock(harness.assume(Policy=json.dumps(both)))
+    model_id = f"{geo}.{HAIKU}"
+    assert _error_code(lambda: denied.converse(modelId=model_id, messages=MESSAGES)) == (
+        "AccessDeniedException",
+        403,
+    )
+    assert allowed.converse(modelId=model_id, messages=MESSAGES)["stopReason"] == "end_turn"
 
 
 def test_sts_records_calls_and_rejects_bad_policies(harness: Harness) -> None:

@@ -42,7 +42,12 @@ from proxy.emulator import responses
 from proxy.emulator.errors import AwsError, access_denied, validation
 from proxy.emulator.eventstream import exception_frame
 from proxy.emulator.faults import Fault, FaultQueue, parse_fault
-from proxy.emulator.iam import guardrail_resource, model_resource, session_policy_allows
+from proxy.emulator.iam import (
+    guardrail_resource,
+    model_resource,
+    profile_route,
+    session_policy_allows,
+)
 from proxy.emulator.routes import MODEL_ID_RE, Route, parse_route
 from proxy.emulator.sigv4 import VerifiedCaller, verify_request
 from proxy.emulator.sts import StsLedger
@@ -145,12 +150,17 @@ def _authorize(route: Route, caller: VerifiedCaller, body: bytes) -> None:
         resource = model_resource(model_id, caller.region, account)
     else:
         resource = "*"
-    if not session_policy_allows(caller.credential.policy, route.action, resource, caller.region):
-        raise access_denied(
-            f"User: {caller.credential.role_arn} is not authorized to perform: "
-            f"{route.action} on resource: {resource} because no session policy allows the "
-            f"{route.action} action"
-        )
+    policy = caller.credential.policy
+    checks: list[tuple[str, str, str | None]] = [(resource, caller.region, None)]
+    if (route_to := profile_route(resource)) is not None:
+        checks.append((*route_to, resource))
+    for checked, region, profile in checks:
+        if not session_policy_allows(policy, route.action, checked, region, profile_arn=profile):
+            raise access_denied(
+                f"User: {caller.credential.role_arn} is not authorized to perform: "
+                f"{route.action} on resource: {checked} because no session policy allows the "
+                f"{route.action} action"
+            )
 
 
 class _Handler:

@@ -4,10 +4,15 @@ Contract: ``session_policy_allows(policy, action, resource, region)`` is True
 when ``policy`` is None (no session policy: the emulated role is allow-all),
 or when no Deny statement matches and at least one Allow statement matches
 the action (``bedrock:Op``, case-insensitive, ``*``/``?`` wildcards), the
-resource (case-sensitive wildcards) and every condition.
+resource (case-sensitive wildcards) and every condition. A call through a
+system cross-region profile is checked twice, as IAM does: on the profile,
+then on the model it routes to (``profile_route``), with
+``bedrock:InferenceProfileArn`` set; the emulator serves geographic profiles
+in the source region and global ones in a region IAM sees as "unspecified".
 
 Deliberately small: ``Action``/``Resource`` strings or lists, and the
-condition operators ``StringEquals`` / ``StringLike`` on ``aws:RequestedRegion``.
+condition operators ``StringEquals`` / ``StringLike`` on ``aws:RequestedRegion``
+and ``bedrock:InferenceProfileArn`` (a key the request lacks never matches).
 Anything it does not understand (``NotAction``, other operators or keys) makes
 an Allow statement not match and a Deny statement match: the emulator exists
 to prove that the proxy's scoping really restricts, so unknown constructs must
@@ -32,7 +37,10 @@ def _as_list(value: Any) -> list[str] | None:
     return None
 
 
-def _conditions_hold(condition: Any, region: str) -> bool | None:
+_CONDITION_KEYS = ("aws:requestedregion", "bedrock:inferenceprofilearn")
+
+
+def _conditions_hold(condition: Any, context: Mapping[str, str]) -> bool | None:
     """True/False when understood, None when not."""
     if condition is None:
         return True
@@ -43,16 +51,21 @@ def _conditions_hold(condition: Any, region: str) -> bool | None:
             return None
         for key, expected in clauses.items():
             values = _as_list(expected)
-            if key.lower() != "aws:requestedregion" or values is None:
+            if key.lower() not in _CONDITION_KEYS or values is None:
                 return None
-            if operator == "StringEquals" and region not in values:
+            actual = context.get(key.lower())
+            if actual is None:
                 return False
-            if operator == "StringLike" and not any(fnmatch.fnmatchcase(region, v) for v in values):
+            if operator == "StringEquals" and actual not in values:
+                return False
+            if operator == "StringLike" and not any(fnmatch.fnmatchcase(actual, v) for v in values):
                 return False
     return True
 
 
-def _statement_matches(statement: Any, action: str, resource: str, region: str) -> bool | None:
+def _statement_matches(
+    statement: Any, action: str, resource: str, context: Mapping[str, str]
+) -> bool | None:
     if not isinstance(statement, dict) or set(statement) - _SUPPORTED_KEYS:
         return None
     actions = _as_list(statement.get("Action"))
@@ -63,14 +76,22 @@ def _statement_matches(statement: Any, action: str, resource: str, region: str) 
         return False
     if not any(fnmatch.fnmatchcase(resource, r) for r in resources):
         return False
-    return _conditions_hold(statement.get("Condition"), region)
+    return _conditions_hold(statement.get("Condition"), context)
 
 
 def session_policy_allows(
-    policy: Mapping[str, Any] | None, action: str, resource: str, region: str
+    policy: Mapping[str, Any] | None,
+    action: str,
+    resource: str,
+    region: str,
+    *,
+    profile_arn: str | None = None,
 ) -> bool:
     if policy is None:
         return True
+    context = {"aws:requestedregion": region}
+    if profile_arn is not None:
+        context["bedrock:inferenceprofilearn"] = profile_arn
     raw = policy.get("Statement")
     statements = [raw] if isinstance(raw, dict) else raw
     if not isinstance(statements, list):
@@ -78,7 +99,7 @@ def session_policy_allows(
     allowed = False
     for statement in statements:
         effect = statement.get("Effect") if isinstance(statement, dict) else None
-        matched = _statement_matches(statement, action, resource, region)
+        matched = _statement_matches(statement, action, resource, context)
         if effect == "Deny" and matched is not False:
             return False
         if effect == "Allow" and matched is True:
@@ -87,6 +108,20 @@ def session_policy_allows(
 
 
 _GEO_PROFILE_RE = re.compile(r"^(us|eu|apac|global|us-gov|jp|au|ca|ap)\.")
+_PROFILE_ARN_RE = re.compile(
+    r"^arn:aws:bedrock:(?P<region>[a-z0-9-]+):\d{12}:inference-profile/"
+    r"(?P<geo>us|eu|apac|global|us-gov|jp|au|ca|ap)\.(?P<model>.+)$"
+)
+
+
+def profile_route(resource: str) -> tuple[str, str] | None:
+    """For a system profile's ARN: the model ARN it routes to and the region IAM sees."""
+    match = _PROFILE_ARN_RE.match(resource)
+    if match is None:
+        return None
+    if match["geo"] == "global":
+        return f"arn:aws:bedrock:::foundation-model/{match['model']}", "unspecified"
+    return f"arn:aws:bedrock:{match['region']}::foundation-model/{match['model']}", match["region"]
 
 
 def model_resource(model_id: str, region: str, account: str) -> str:
