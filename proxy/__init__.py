@@ -15,6 +15,7 @@ here and present an X.509-SVID. For each call (see ``pipeline.py``):
     credentials.py per-task STS AssumeRole, scoped by a session policy, cached
     signing.py     header allow-list and botocore SigV4 over the forwarded bytes
     upstream.py    streamed relay; observe.py watches the stream on the side
+                   (and feeds response_capture.py, per audit_capture)
     audit.py       write-ahead JSON lines in a signed hash chain (audit_chain.py,
                    audit_sinks.py, ocsf.py); audit_verify.py / audit_cli.py read them
 

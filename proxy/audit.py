@@ -296,6 +296,7 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         "prompt": {"sha256": ctx.prompt_sha256, "captured": ctx.prompt_captured}
         if ctx.prompt_sha256
         else None,
+        "response": ctx.response_capture.record() if ctx.response_capture else None,
     }
 
 

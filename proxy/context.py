@@ -18,6 +18,7 @@ from proxy.identity import WorkloadIdentity
 from proxy.models import ModelRef
 from proxy.observe import Observation
 from proxy.operations import Route
+from proxy.response_capture import ResponseCapture
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RequestContext:
     aws_request_id: str | None = None
     ttfb_ms: float | None = None
     observation: Observation | None = None
+    response_capture: ResponseCapture | None = None
     error: ProxyError | None = None
     outcome: str | None = None
 

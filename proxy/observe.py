@@ -5,7 +5,8 @@ the client, so observing never delays or alters the bytes. Event streams are
 split and CRC-checked by botocore's ``EventStreamBuffer``; a frame the parser
 rejects stops observation (the bytes still flow, untouched). JSON bodies are
 kept only up to a small bound to read ``usage`` at the end: the response
-itself is never buffered.
+itself is never buffered. When the policy asks for it, the observer also
+feeds a ``ResponseCapture`` (the bytes, and the generated text of streams).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+
+from proxy.response_capture import ResponseCapture
 
 _JSON_OBSERVE_LIMIT = 256 * 1024
 
@@ -35,8 +38,14 @@ class Observation:
 
 
 class ResponseObserver:
-    def __init__(self, content_type: str, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        content_type: str,
+        headers: Mapping[str, str],
+        capture: ResponseCapture | None = None,
+    ) -> None:
         self.observation = Observation()
+        self._capture = capture
         self._stream = content_type.startswith("application/vnd.amazon.eventstream")
         self._events: EventStreamBuffer | None = EventStreamBuffer() if self._stream else None
         self._json = bytearray()
@@ -44,6 +53,9 @@ class ResponseObserver:
         self._from_headers(headers)
 
     def feed(self, chunk: bytes) -> None:
+        if self._capture is not None:
+            # Event streams are captured as their generated text, from the parsed events.
+            self._capture.add_bytes(chunk, as_text=not self._stream)
         if self._events is not None:
             self._feed_events(chunk)
         elif not self._json_overflow:
@@ -113,12 +125,16 @@ class ResponseObserver:
             return
         if not isinstance(inner, dict):
             return
+        if self._capture is not None:
+            self._capture.add_text(_generated_text(inner))
         metrics = inner.get("amazon-bedrock-invocationMetrics")
         if isinstance(metrics, dict):
             self._set_tokens(metrics.get("inputTokenCount"), metrics.get("outputTokenCount"))
         self._from_document(inner)
 
     def _from_converse_event(self, event_type: str, payload: dict[str, Any]) -> None:
+        if event_type == "contentBlockDelta" and self._capture is not None:
+            self._capture.add_text(_converse_delta_text(payload.get("delta")))
         if event_type == "contentBlockStart":
             start = payload.get("start")
             tool = start.get("toolUse") if isinstance(start, dict) else None
@@ -170,3 +186,40 @@ def _content_blocks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(doc.get("content_block"), dict):
         found.append(doc["content_block"])
     return found
+
+
+def _converse_delta_text(delta: object) -> str:
+    """The text a ConverseStream delta adds: text, tool input or reasoning."""
+    if not isinstance(delta, dict):
+        return ""
+    for key, inner in (("text", None), ("toolUse", "input"), ("reasoningContent", "text")):
+        value = delta.get(key)
+        if inner is not None and isinstance(value, dict):
+            value = value.get(inner)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def _generated_text(doc: dict[str, Any]) -> str:
+    """The text one InvokeModel stream chunk adds, for the providers' known shapes.
+
+    An unknown shape is kept whole (as JSON), so nothing the model said is
+    silently left out of a capture.
+    """
+    delta = doc.get("delta")
+    if isinstance(delta, dict) or "type" in doc:
+        # Anthropic messages events: only deltas carry text (or tool input).
+        delta = delta if isinstance(delta, dict) else {}
+        value = delta.get("text", delta.get("partial_json", ""))
+        return value if isinstance(value, str) else ""
+    for key in ("outputText", "generation", "completion", "text"):
+        if isinstance(doc.get(key), str):
+            return str(doc[key])
+    for key in ("outputs", "generations"):  # Mistral, Cohere
+        items = doc.get(key)
+        if isinstance(items, list):
+            return "".join(
+                i["text"] for i in items if isinstance(i, dict) and isinstance(i.get("text"), str)
+            )
+    return json.dumps(doc, separators=(",", ":")) + "\n"

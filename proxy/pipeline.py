@@ -44,6 +44,7 @@ from proxy.models import ModelRef, parse_model_id
 from proxy.obligations import apply_obligations, prompt_capture
 from proxy.operations import Route, parse_route
 from proxy.region import resolve_region
+from proxy.response_capture import ResponseCapture
 from proxy.signing import forwardable_headers, sign_request
 from proxy.task_api import TaskService
 from proxy.tasks import CallRecord, Task
@@ -172,6 +173,8 @@ class DataPlane:
         # Write-ahead: durable (per the fsync policy) before a byte goes upstream.
         await self.audit.write_ahead("authorized", **request_record(ctx))
         ctx.authorized = True
+        if obligations.audit_capture != "none":
+            ctx.response_capture = ResponseCapture(obligations.audit_capture)
         relay_started = time.monotonic()
         try:
             return await self.upstream.relay(

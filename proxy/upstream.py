@@ -78,7 +78,9 @@ class Upstream:
     ) -> web.StreamResponse:
         ctx.upstream_status = upstream.status
         ctx.aws_request_id = upstream.headers.get("x-amzn-RequestId")
-        observer = ResponseObserver(upstream.headers.get("Content-Type", ""), upstream.headers)
+        observer = ResponseObserver(
+            upstream.headers.get("Content-Type", ""), upstream.headers, ctx.response_capture
+        )
         ctx.observation = observer.observation
         response = web.StreamResponse(
             status=upstream.status, headers=returnable_headers(upstream.headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import struct
 from collections.abc import Iterator, Mapping
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from proxy.observe import Observation, ResponseObserver
+from proxy.response_capture import CAPTURE_LIMIT_CHARS, ResponseCapture
 
 EVENTSTREAM = "application/vnd.amazon.eventstream"
 
@@ -343,3 +345,81 @@ def test_headers_then_stream_metrics() -> None:
     headers = {"X-Amzn-Bedrock-Input-Token-Count": "1", "X-Amzn-Bedrock-Output-Token-Count": "2"}
     seen = observe([b"".join(INVOKE_STREAM)], EVENTSTREAM, headers)
     assert seen.usage() == {"input_tokens": 9, "output_tokens": 7}
+
+
+# ------------------------------------------------------------- response capture
+
+EMAIL = "jane.roe@example.org"
+
+
+def _observe(content_type: str, chunks: list[bytes], mode: str) -> dict[str, Any]:
+    capture = ResponseCapture(mode)
+    observer = ResponseObserver(content_type, {}, capture)
+    for piece in chunks:
+        observer.feed(piece)
+    observer.finish()
+    return capture.record()
+
+
+def _bytewise(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def test_capture_hash_is_of_the_bytes_relayed() -> None:
+    body = json.dumps({"output": {"message": {"content": [{"text": "héllo"}]}}}).encode()
+    record = _observe("application/json", _bytewise(body), "hash")
+    assert record == {"sha256": hashlib.sha256(body).hexdigest(), "captured": None,
+                      "truncated": False}  # fmt: skip
+
+
+def test_full_capture_keeps_a_json_body_whatever_the_chunking() -> None:
+    body = json.dumps({"text": "naïve café ✓"}, ensure_ascii=False).encode()
+    record = _observe("application/json", _bytewise(body), "full")
+    assert record["captured"] == body.decode()
+
+
+def test_capture_is_bounded_and_says_so() -> None:
+    body = b'{"text": "' + b"x" * (CAPTURE_LIMIT_CHARS * 2) + b'"}'
+    record = _observe("application/json", [body[:1000], body[1000:]], "full")
+    assert len(record["captured"]) == CAPTURE_LIMIT_CHARS and record["truncated"] is True
+    assert record["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_converse_stream_capture_joins_deltas_so_a_split_value_is_still_redacted() -> None:
+    # The address arrives in three deltas; only the joined text shows it whole.
+    deltas = ["Write to jane.r", "oe@exam", "ple.org today"]
+    frames = [event("messageStart", {"role": "assistant"})]
+    frames += [event("contentBlockDelta", {"delta": {"text": d}}) for d in deltas]
+    frames += [event("contentBlockDelta", {"delta": {"toolUse": {"input": '{"q":1}'}}})]
+    frames += [event("messageStop", {"stopReason": "end_turn"})]
+    wire = b"".join(frames)
+    full = _observe(EVENTSTREAM, [wire[:50], wire[50:]], "full")
+    assert full["captured"] == "".join(deltas) + '{"q":1}'
+    redacted = _observe(EVENTSTREAM, [wire], "redacted")
+    assert EMAIL not in redacted["captured"] and "oe@exam" not in redacted["captured"]
+    assert redacted["captured"] == 'Write to [email] today{"q":1}'
+    assert redacted["sha256"] == hashlib.sha256(wire).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("inners", "captured"),
+    [
+        ([{"type": "message_start", "message": {}},
+          {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi "}},
+          {"type": "content_block_delta", "delta": {"type": "input_json_delta",
+                                                    "partial_json": "{}"}},
+          {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+          {"type": "message_stop"}], "Hi {}"),
+        ([{"outputText": "Hello "}, {"outputText": "there", "completionReason": "FINISH"}],
+         "Hello there"),
+        ([{"generation": "a"}, {"completion": "b"}, {"outputs": [{"text": "c"}]},
+          {"generations": [{"text": "d"}]}], "abcd"),
+        ([{"novel": {"shape": 1}}], '{"novel":{"shape":1}}\n'),
+    ],
+    ids=["anthropic", "titan", "other-providers", "unknown-shape-kept-whole"],
+)  # fmt: skip
+def test_invoke_stream_capture_reads_the_providers_shapes(
+    inners: list[dict[str, Any]], captured: str
+) -> None:
+    record = _observe(EVENTSTREAM, [chunk(i) for i in inners], "full")
+    assert record["captured"] == captured

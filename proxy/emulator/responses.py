@@ -2,7 +2,9 @@
 
 Contract: each builder turns a parsed request into the body (or the ordered
 list of event-stream frames) that bedrock-runtime would send for it, with
-plausible token counts. Content is synthetic and deterministic; the shapes
+plausible token counts. Content is synthetic and deterministic (a prompt
+that starts with ``echo:`` is answered with the rest of itself, split across
+the frames, so a test can put a known value in an answer); the shapes
 are what matter, because the proxy observes usage, tool calls and stop
 reasons in exactly these places (BEDROCK_FACTS.md 3):
 
@@ -44,8 +46,29 @@ def estimate_tokens(data: bytes | str) -> int:
     return max(1, len(data) // 4)
 
 
-def reply_words(count: int) -> list[str]:
+def reply_words(count: int, request: Any = None) -> list[str]:
+    echo = _echo(request)
+    if echo is not None:
+        return _split(echo, count)
     return [_WORDS[i % len(_WORDS)] + " " for i in range(max(1, count))]
+
+
+def _echo(request: Any) -> str | None:
+    """The rest of an ``echo:`` prompt: the last message's text, or inputText/prompt."""
+    if not isinstance(request, dict):
+        return None
+    texts = [request.get("inputText"), request.get("prompt")]
+    messages = request.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    content = last.get("content") if isinstance(last, dict) else None
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        texts += [block.get("text") for block in content if isinstance(block, dict)]
+    for text in texts:
+        if isinstance(text, str) and text.startswith("echo:") and text[5:].strip():
+            return text[5:].strip()
+    return None
 
 
 def is_anthropic(request: Any) -> bool:
@@ -97,7 +120,7 @@ def invoke_model(model_id: str, raw_body: bytes, request: Any, frames: int) -> R
             ]
             stop = "tool_use"
         else:
-            content = [{"type": "text", "text": "".join(reply_words(frames)).strip()}]
+            content = [{"type": "text", "text": "".join(reply_words(frames, request)).strip()}]
             stop = "end_turn"
         body: dict[str, Any] = {
             "id": _msg_id(),
@@ -110,7 +133,7 @@ def invoke_model(model_id: str, raw_body: bytes, request: Any, frames: int) -> R
             "usage": {"input_tokens": input_tokens, "output_tokens": frames},
         }
         return Reply(body, input_tokens, frames)
-    text = "".join(reply_words(frames)).strip()
+    text = "".join(reply_words(frames, request)).strip()
     return Reply(
         {
             "inputTextTokenCount": input_tokens,
@@ -143,7 +166,7 @@ def invoke_stream(
     input_tokens = estimate_tokens(raw_body)
     metrics = _metrics(input_tokens, frames, latency_ms, first_ms)
     if not is_anthropic(request):
-        words = reply_words(frames)
+        words = reply_words(frames, request)
         out = [_chunk({"outputText": w, "index": 0}) for w in words[:-1]]
         out.append(
             _chunk(
@@ -166,7 +189,7 @@ def invoke_stream(
         stop = "tool_use"
     else:
         block = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": w} for w in reply_words(frames)]
+        deltas = [{"type": "text_delta", "text": w} for w in reply_words(frames, request)]
         stop = "end_turn"
     events: list[dict[str, Any]] = [
         {
@@ -204,7 +227,7 @@ def converse(request: dict[str, Any], raw_body: bytes, frames: int, latency_ms: 
         ]
         stop = "tool_use"
     else:
-        content = [{"text": "".join(reply_words(frames)).strip()}]
+        content = [{"text": "".join(reply_words(frames, request)).strip()}]
         stop = "end_turn"
     body = {
         "output": {"message": {"role": "assistant", "content": content}},
@@ -240,7 +263,7 @@ def converse_stream(
         ]
         stop = "tool_use"
     else:
-        deltas = [{"text": w} for w in reply_words(frames)]
+        deltas = [{"text": w} for w in reply_words(frames, request)]
         stop = "end_turn"
     out += [event_frame("contentBlockDelta", {"delta": d, "contentBlockIndex": 0}) for d in deltas]
     out.append(event_frame("contentBlockStop", {"contentBlockIndex": 0}))

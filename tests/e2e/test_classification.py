@@ -8,6 +8,7 @@ finding kinds and a redacted prompt, never a matched value.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -124,6 +125,44 @@ def test_obligations_reach_the_emulator_and_capture_is_redacted(
     }
     invoke_records = obligations_proxy.request_of(invoke["ResponseMetadata"]["RequestId"])
     assert "[us_ssn]" in invoke_records[0]["prompt"]["captured"]
+
+
+def test_response_capture_is_redacted_and_hashes_what_the_client_got(
+    obligations_proxy: ProxyHandle,
+) -> None:
+    # The emulator answers an "echo:" prompt with its rest, split across the frames.
+    prompt = {"messages": [{"role": "user", "content": [{"text": f"echo: write to {EMAIL} now"}]}]}
+    status, headers, raw = obligations_proxy.raw(
+        "POST",
+        f"/model/{quote(HAIKU, safe='')}/converse-stream",
+        body=json.dumps(prompt).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 200
+    answer = obligations_proxy.client(CHAT).converse(modelId=HAIKU, messages=prompt["messages"])
+    assert EMAIL in answer["output"]["message"]["content"][0]["text"]  # the echo did happen
+
+    authorized, streamed = obligations_proxy.request_of(headers["x-amzn-RequestId"])
+    assert authorized["response"] is None  # written before the call is made
+    assert streamed["event"] == "completed"
+    assert streamed["response"] == {
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "captured": "write to [email] now",
+        "truncated": False,
+    }
+    plain = obligations_proxy.request_of(answer["ResponseMetadata"]["RequestId"])[-1]
+    assert "[email]" in plain["response"]["captured"]
+    assert EMAIL not in obligations_proxy.audit_path.read_text()
+
+
+def test_hash_capture_keeps_no_response_text(proxy: ProxyHandle) -> None:
+    answer = proxy.client(CHAT).converse(
+        modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "hello"}]}]
+    )
+    record = proxy.request_of(answer["ResponseMetadata"]["RequestId"])[-1]
+    assert record["obligations"]["audit_capture"] == "hash"
+    assert record["response"]["captured"] is None
+    assert len(record["response"]["sha256"]) == 64 and record["bytes_out"] > 0
 
 
 def test_large_body_is_scanned_without_blocking_small_requests(
