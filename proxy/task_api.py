@@ -131,13 +131,21 @@ class TaskService:
                 self.broker.drop_task(task_id)
 
     async def run_sweeper(self, interval_s: float) -> None:
+        failing = False
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.sweep()
             except ProxyError as exc:
-                # Redis down: calls fail closed on their own; keep trying.
-                _log.warning("task sweep failed", code=exc.code, detail=exc.detail)
+                # Redis down: calls fail closed on their own; keep trying, and say
+                # so once per outage rather than once per interval.
+                if not failing:
+                    _log.warning("task sweep failing", code=exc.code, detail=exc.detail)
+                failing = True
+            else:
+                if failing:
+                    _log.warning("task sweep recovered")
+                failing = False
 
 
 def task_route(operation: str, method: str, path: str) -> Route:

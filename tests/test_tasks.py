@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
+import structlog.testing
 
-from proxy.errors import InvalidRequest, TaskRefused
+from proxy.audit import AuditLog
+from proxy.credentials import CredentialBroker
+from proxy.errors import InvalidRequest, StateUnavailable, TaskRefused
+from proxy.task_api import TaskService, sweeper
+from proxy.task_store import MemoryTaskStore
 from proxy.tasks import CallRecord, TaskRequest, check_usable, new_task, parse_open_request
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -85,3 +92,32 @@ def test_chain_context_grows_and_max_calls_ends() -> None:
     assert opa["models_used"] == ["m1", "m2"]
     assert opa["classifications_seen"] == ["internal", "restricted"]
     assert opa["tools_requested"] == ["t"] and opa["ttl_seconds"] == 60
+
+
+class _FlakyStore(MemoryTaskStore):
+    """A memory store whose sweep query fails for a while, as Redis does when down."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.sweeps = 0
+        self.recovered_twice = asyncio.Event()
+
+    async def due(self, now: datetime) -> list[str]:
+        self.sweeps += 1
+        if self.sweeps == self.failures + 2:
+            self.recovered_twice.set()
+        if self.sweeps <= self.failures:
+            raise StateUnavailable("Task state is unavailable", detail="redis down")
+        return await super().due(now)
+
+
+async def test_sweeper_reports_an_outage_once_and_its_end() -> None:
+    store = _FlakyStore(failures=5)
+    broker = CredentialBroker(object(), clock=lambda: datetime.now(UTC))
+    service = TaskService(store, broker, cast(AuditLog, None), clock=lambda: datetime.now(UTC))
+    with structlog.testing.capture_logs() as logs:
+        async with sweeper(service, 0.001), asyncio.timeout(10):
+            await store.recovered_twice.wait()
+    events = [entry["event"] for entry in logs if entry["event"].startswith("task sweep")]
+    assert events == ["task sweep failing", "task sweep recovered"]
