@@ -75,3 +75,14 @@ test_tools_must_be_on_the_task_list if {
 test_classification_above_the_task if {
 	"task_classification_exceeded" in codes(call({}, {"classification": "internal"}, "confidential"))
 }
+
+test_taint_reads_a_profile_by_its_foundation_model if {
+	tainted := {"classifications_seen": ["restricted"], "classification": "restricted"}
+	not "task_tainted" in codes(call(via_profile(sonnet), tainted, "public"))
+	"task_tainted" in codes(call(via_profile(haiku), tainted, "public"))
+}
+
+via_profile(foundation_id) := {"model": {
+	"id": concat("", ["us.", foundation_id]), "kind": "inference-profile",
+	"provider": "anthropic", "geo": "us", "foundation_id": foundation_id,
+}}
