@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome: int = args.run(args)
         return outcome
-    except (ConfigError, ValueError, FileExistsError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"bedrock-proxy: {exc}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from proxy import devca
+from proxy import cli, devca
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -193,3 +193,15 @@ def test_issue_server_cert_rejects_bad_names(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         devca.issue_server_cert(ca_dir, "server", dns, ips)
+
+
+def test_cli_issue_without_a_ca_says_how_to_make_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["dev-ca", "issue", "--dir", str(tmp_path), "--spiffe-id", "spiffe://example.org/a",
+         "--out", "a"]
+    )  # fmt: skip
+    assert code == 2
+    assert "no dev CA in" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
