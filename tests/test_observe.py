@@ -423,3 +423,21 @@ def test_invoke_stream_capture_reads_the_providers_shapes(
 ) -> None:
     record = _observe(EVENTSTREAM, [chunk(i) for i in inners], "full")
     assert record["captured"] == captured
+
+
+def test_a_value_straddling_the_cut_is_redacted_whole() -> None:
+    # The cut falls inside the address: without scanning past it, "jane.r" would stay.
+    text = "x " * ((CAPTURE_LIMIT_CHARS - 6) // 2) + EMAIL + " tail"
+    frames = event("contentBlockDelta", {"delta": {"text": text}})
+    record = _observe(EVENTSTREAM, [frames], "redacted")
+    assert record["truncated"] is True and len(record["captured"]) == CAPTURE_LIMIT_CHARS
+    assert "jane" not in record["captured"]
+    assert _observe(EVENTSTREAM, [frames], "full")["captured"].endswith("jane.r")
+
+
+@pytest.mark.parametrize("padding", [0, 2 * CAPTURE_LIMIT_CHARS], ids=["whole", "cut-short"])
+def test_json_escapes_cannot_hide_a_value_from_redaction(padding: int) -> None:
+    body = ('{"text": "mail jane.roe\\u0040example.org", "pad": "' + "p" * padding + '"}').encode()
+    record = _observe("application/json", [body], "redacted")
+    assert "[email]" in record["captured"] and "jane.roe" not in record["captured"]
+    assert record["truncated"] is (padding > 0)
