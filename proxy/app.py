@@ -177,7 +177,20 @@ def _components(
     return setup
 
 
-async def handle_health(request: web.Request) -> web.Response:
+def _admin_status(inner: Handler) -> Handler:
+    """/healthz and /metrics: admin identities only (``GetStatus``), like every admin route."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request[CONTEXT]
+        await request.app[DATA_APP][TASK_API].admin_status(request, ctx)
+        response = await inner(request)
+        ctx.authorized, ctx.outcome = True, "ok"
+        return response
+
+    return handle
+
+
+async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
@@ -193,20 +206,21 @@ def _task_handler(name: str, *, admin: bool = False) -> Handler:
     return handle
 
 
-def build_admin_app(data_app: web.Application | None = None) -> web.Application:
-    """The admin listener: separate socket, admin identities, decided by bedrock.admin."""
-    app = web.Application()
-    app.router.add_get("/healthz", handle_health)
-    if data_app is not None:
-        app.router.add_get("/metrics", data_app[METRICS].handle)
-        # Same error mapping and terminal audit record as the data plane.
-        admin = web.Application(middlewares=[error_middleware])
-        admin[DATA_APP] = data_app
-        admin[METRICS] = data_app[METRICS]
-        admin.router.add_get("/tasks", _task_handler("admin_list", admin=True))
-        admin.router.add_post("/tasks/{task_id}/revoke", _task_handler("admin_revoke", admin=True))
-        admin.cleanup_ctx.append(_share_audit)
-        app.add_subapp("/admin/", admin)
+def build_admin_app(data_app: web.Application) -> web.Application:
+    """The admin listener: separate socket, admin identities, decided by bedrock.admin.
+
+    Every route, /healthz and /metrics included, goes through the same error
+    mapping and terminal audit record as the data plane: runtime identities
+    never reach the admin plane, and every admin call is on the record.
+    """
+    app = web.Application(middlewares=[error_middleware])
+    app[DATA_APP] = data_app
+    app[METRICS] = data_app[METRICS]
+    app.router.add_get("/healthz", _admin_status(_health))
+    app.router.add_get("/metrics", _admin_status(data_app[METRICS].handle))
+    app.router.add_get("/admin/tasks", _task_handler("admin_list", admin=True))
+    app.router.add_post("/admin/tasks/{task_id}/revoke", _task_handler("admin_revoke", admin=True))
+    app.cleanup_ctx.append(_share_audit)
     return app
 
 

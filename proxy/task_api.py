@@ -208,6 +208,11 @@ class TaskApi:
         tasks = await self.service.store.open_tasks(LIST_LIMIT)
         return self._done(ctx, {"tasks": [task.to_json(now) for task in tasks]})
 
+    async def admin_status(self, request: web.Request, ctx: RequestContext) -> None:
+        """Health and metrics: an admin identity allowed ``GetStatus``, else a refusal."""
+        identity = self._identify(request, ctx, "GetStatus")
+        await self._authorize_admin(request, ctx, identity, None)
+
     async def admin_revoke(self, request: web.Request, ctx: RequestContext) -> web.Response:
         identity = self._identify(request, ctx, "EndTask")
         task_id = ctx.task_id = request.match_info["task_id"]

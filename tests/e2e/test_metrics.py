@@ -15,20 +15,42 @@ from tests.conftest import CHAT, HAIKU, ProxyFactory, ProxyHandle
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
 
-def scrape(proxy: ProxyHandle) -> str:
+ADMIN = "spiffe://example.org/ns/platform/sa/admin"
+
+
+def admin_get(proxy: ProxyHandle, path: str, spiffe_id: str = ADMIN) -> tuple[int, str]:
     context = ssl.create_default_context(cafile=str(proxy.pki.ca_bundle))
-    cert = proxy.pki.svid(CHAT, "metrics-scraper")
+    cert = proxy.pki.svid(spiffe_id, spiffe_id.rsplit("/", 1)[-1] + "-scraper")
     context.load_cert_chain(str(cert.cert), str(cert.key))
     connection = http.client.HTTPSConnection(
         "127.0.0.1", proxy.admin_port, context=context, timeout=10
     )
     try:
-        connection.request("GET", "/metrics")
+        connection.request("GET", path)
         response = connection.getresponse()
-        assert response.status == 200
-        return response.read().decode()
+        return response.status, response.read().decode()
     finally:
         connection.close()
+
+
+def scrape(proxy: ProxyHandle) -> str:
+    status, text = admin_get(proxy, "/metrics")
+    assert status == 200, text
+    return text
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz"])
+def test_runtime_identities_never_reach_the_admin_plane(
+    proxy_factory: ProxyFactory, opa_url: str, path: str
+) -> None:
+    proxy = proxy_factory(opa_url)
+    status, body = admin_get(proxy, path, CHAT)
+    assert status == 403 and "runtime_identity_on_admin" in body
+    assert admin_get(proxy, path)[0] == 200
+    refused, allowed = [r for r in proxy.records() if r.get("operation") == "GetStatus"]
+    assert (refused["event"], refused["spiffe_id"]) == ("denied", CHAT)
+    assert (allowed["event"], allowed["outcome"]) == ("completed", "ok")
+    assert allowed["spiffe_id"] == ADMIN
 
 
 def sample(text: str, name: str, **labels: str) -> float:
