@@ -5,8 +5,10 @@ identity, outcome, model and time, and can follow the live file across
 rotation. Every value printed in the table is re-escaped (JSON string escapes,
 ASCII only), so a model id full of terminal escapes or bidi overrides shows as
 text and cannot repaint the analyst's screen. ``verify`` prints findings and
-open requests and exits 0 (intact and sealed), 1 (tampering) or 3 (unsealed
-tail or requests without a terminal record).
+open requests and exits 0 (intact, and every chain closed by its final
+checkpoint: the proxy stopped cleanly), 1 (tampering) or 3 (incomplete: a
+chain without its final checkpoint, as in the log of a running proxy, or
+requests without a terminal record).
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ class TailFilter:
 def parse_since(text: str, now: datetime) -> datetime:
     """``10m``, ``2h``, ``1d`` ago, or an ISO 8601 time (UTC if no zone is given)."""
     relative = _RELATIVE.match(text)
-    if relative:
-        return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
     try:
+        if relative:
+            return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
         when = datetime.fromisoformat(text)
+    except OverflowError as exc:
+        raise ValueError(f"--since {text!r}: too far back") from exc
     except ValueError as exc:
         raise ValueError(f"--since {text!r}: use 10m, 2h, 1d or an ISO 8601 time") from exc
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -7,23 +7,28 @@ Pure over the bytes of the files given. Findings come in two kinds:
   the record before it (an edited-and-rehashed or reordered record), a gap in
   ``seq`` (deleted records), a ``seq`` going backwards (reordered or
   duplicated records), a checkpoint whose signature does not hold (a chain
-  rebuilt without the key, or signed by another key than the pinned one);
-- incomplete (exit 3, when there is no tampering): records after the last
-  valid checkpoint of a chain (a truncated tail, or a crash: they look the
-  same), and ``authorized`` records with no terminal record (crash evidence).
+  rebuilt without the key, or signed by another key than the pinned one), a
+  checkpoint signed by another key than the chain's earlier checkpoints (a
+  chain rebuilt from some point on with the attacker's own key);
+- incomplete (exit 3, when there is no tampering): a chain that does not end
+  in its signed final checkpoint (the proxy writes one only when it stops, so
+  a live log, a crash and a tail cut back to any earlier point look the same),
+  and ``authorized`` records with no terminal record (crash evidence).
 
 Files of one chain may be given in any order (rotation); each file's lines
 must be in chain order. A chain whose first file is not given starts at a seq
-above 0: that is noted, not failed, so recent files can be checked alone.
+above 0: that is noted, not failed, so recent files can be checked alone. Its
+last file cannot be left out: the final checkpoint is in it.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.audit_chain import CHECKPOINT, GENESIS, parse_line, signature_valid
+from proxy.audit_chain import CHECKPOINT, GENESIS, key_id, parse_line, signature_valid
 from proxy.ocsf import to_native
 
 TERMINAL_EVENTS = frozenset({"completed", "denied"})
@@ -118,12 +123,28 @@ def verify(files: Sequence[tuple[str, bytes]], *, public_key: bytes | None) -> R
             notes.append(f"chain {chain} starts at seq {ordered[0].seq}: earlier files not given")
         findings.extend(_links(ordered))
         valid_through = -1
+        chain_key: bytes | None = None
         for entry in ordered:
             if entry.record.get("event") != CHECKPOINT:
                 continue
             checkpoints += 1
             if signature_valid(entry.record, public_key):
-                valid_through = entry.seq
+                key = base64.b64decode(entry.record["public_key"])
+                chain_key = chain_key or key
+                if key == chain_key:
+                    valid_through = entry.seq
+                else:
+                    # The proxy never changes keys within a chain: without a pinned
+                    # key, this is how a suffix rebuilt and re-signed shows.
+                    findings.append(
+                        Finding(
+                            entry.where,
+                            "key_changed",
+                            f"checkpoint signed by key {key_id(key)}, earlier checkpoints "
+                            f"of chain {chain} by key {key_id(chain_key)} (rebuilt chain)",
+                            True,
+                        )
+                    )
             elif entry.record.get("sig") is None and public_key is None:
                 # No key configured: edits, deletions and reordering still show in
                 # the chain, but a chain rebuilt from scratch cannot be told apart.
@@ -144,17 +165,7 @@ def verify(files: Sequence[tuple[str, bytes]], *, public_key: bytes | None) -> R
                         True,
                     )
                 )
-        unsealed = [entry for entry in ordered if entry.seq > valid_through]
-        if unsealed:
-            findings.append(
-                Finding(
-                    unsealed[0].where,
-                    "unsealed_tail",
-                    f"chain {chain}: {len(unsealed)} record(s) after the last valid checkpoint "
-                    f"(seq {valid_through}) are not signed: truncated tail, or the proxy crashed",
-                    False,
-                )
-            )
+        findings.extend(_unfinished(chain, ordered, valid_through))
     return Report(
         records=len(records),
         chains=chains,
@@ -163,6 +174,26 @@ def verify(files: Sequence[tuple[str, bytes]], *, public_key: bytes | None) -> R
         open_requests=_open_requests(records),
         notes=notes,
     )
+
+
+def _unfinished(chain: str, ordered: list[_Entry], valid_through: int) -> list[Finding]:
+    """Only the final checkpoint says a chain is whole: a log cut back to an earlier
+    checkpoint still has every link and signature in order."""
+    why = "the proxy is still running, crashed, or the tail was cut"
+    unsealed = [entry for entry in ordered if entry.seq > valid_through]
+    if unsealed:
+        message = (
+            f"chain {chain}: {len(unsealed)} record(s) after the last valid checkpoint "
+            f"(seq {valid_through}) are not signed: {why}"
+        )
+        return [Finding(unsealed[0].where, "unsealed_tail", message, False)]
+    last = ordered[-1]
+    if last.record.get("event") == CHECKPOINT and last.record.get("final") is True:
+        return []
+    if last.record.get("reason") == "rotation":
+        why = f"its newer files were not given (the newest holds the final checkpoint), {why}"
+    message = f"chain {chain} ends at checkpoint seq {last.seq} without its final checkpoint: {why}"
+    return [Finding(last.where, "no_final_checkpoint", message, False)]
 
 
 def _links(ordered: list[_Entry]) -> list[Finding]:

@@ -4,6 +4,7 @@ names, and exactly one terminal record per request."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from proxy import ocsf
+from proxy import cli, ocsf
 from proxy.audit import AuditLog, open_audit_log, request_record, terminal_record
 from proxy.audit_chain import Signer, generate_key, load_signer
-from proxy.audit_cli import TailFilter, parse_since, run_tail, safe
+from proxy.audit_cli import TailFilter, parse_since, run_tail, run_verify, safe
 from proxy.audit_sinks import FileSink
 from proxy.audit_verify import verify
 from proxy.classify import Classification
@@ -384,6 +385,62 @@ def test_intact_chain_verifies(audit_path: Path, signer: Signer) -> None:
     assert records[-1]["event"] == "checkpoint" and records[-1]["final"] is True
 
 
+def _kinds(report: Any) -> list[str]:
+    return [f.kind for f in report.findings]
+
+
+def test_a_log_cut_back_to_a_mid_chain_checkpoint_is_incomplete(
+    audit_path: Path, signer: Signer
+) -> None:
+    _chained_log(audit_path, signer)
+    lines = _lines(audit_path)
+    # Every link and signature up to this checkpoint still holds: only the missing
+    # final checkpoint tells the cut apart from a proxy that stopped.
+    cut = max(n for n, line in enumerate(lines[:-1]) if b'"event":"checkpoint"' in line)
+    report = _report(audit_path, signer, lines[: cut + 1])
+    assert _kinds(report) == ["no_final_checkpoint"]
+    (finding,) = report.findings
+    assert not report.tampered and report.exit_code == 3
+    assert finding.where == f"{audit_path}:{cut + 1}"
+    assert "without its final checkpoint" in finding.message
+    assert "still running, crashed, or the tail was cut" in finding.message
+
+
+def test_the_log_of_a_running_proxy_is_incomplete(audit_path: Path, signer: Signer) -> None:
+    log = open_log(audit_path, signer, checkpoint_every=1000)
+    log.write("authorized", request_id="r1")
+    log.write("completed", request_id="r1", outcome="ok")
+    assert _kinds(_report(audit_path, signer)) == ["unsealed_tail"]
+    log.checkpoint()  # a timed checkpoint: signed, but not the final one
+    report = _report(audit_path, signer)
+    assert _kinds(report) == ["no_final_checkpoint"] and report.exit_code == 3
+    log.close()
+    assert _report(audit_path, signer).exit_code == 0
+
+
+def test_stopped_restarted_and_stopped_again_verifies(audit_path: Path, signer: Signer) -> None:
+    _chained_log(audit_path, signer, requests=2)
+    _chained_log(audit_path, signer, requests=2)
+    records = _all(audit_path)
+    assert records[-1]["final"] is True
+    assert sum(r.get("final") is True for r in records) == 2  # the first run's is mid-chain
+    report = _report(audit_path, signer)
+    assert report.findings == [] and report.exit_code == 0
+
+
+def test_a_checkpoint_under_another_key_than_the_chain_is_tampering(
+    audit_path: Path, signer: Signer, tmp_path: Path
+) -> None:
+    _chained_log(audit_path, signer, requests=2)
+    generate_key(tmp_path / "other.key")
+    # The chain resumed under another key: what rebuilding its tail and re-signing
+    # with one's own key looks like to a verifier with no pinned key.
+    _chained_log(audit_path, load_signer(tmp_path / "other.key"), requests=2)
+    report = verify([(str(audit_path), audit_path.read_bytes())], public_key=None)
+    assert "key_changed" in _kinds(report)
+    assert report.tampered and report.exit_code == 1
+
+
 def _edit(lines: list[bytes]) -> list[bytes]:
     lines[2] = lines[2].replace(b'"outcome":"ok"', b'"outcome":"denied"')
     return lines
@@ -462,11 +519,17 @@ def test_rotation_continues_the_chain(tmp_path: Path, signer: Signer) -> None:
     log.close()
     files = sorted(tmp_path.glob("audit.log*"))
     assert len(files) > 2
-    report = verify([(str(f), f.read_bytes()) for f in reversed(files)], public_key=None)
-    assert report.exit_code == 0, report.findings
-    assert len(report.chains) == 1
+    for order in (files, list(reversed(files)), files[1:] + files[:1]):
+        report = verify([(str(f), f.read_bytes()) for f in order], public_key=signer.public_raw)
+        assert report.exit_code == 0, report.findings
+        assert len(report.chains) == 1
     one = verify([(str(path), path.read_bytes())], public_key=signer.public_raw)
-    assert one.notes and not one.tampered
+    assert one.notes and not one.tampered and one.exit_code == 0
+    # Without the newest file the chain ends at a rotation checkpoint.
+    older = [f for f in files if f != path]
+    report = verify([(str(f), f.read_bytes()) for f in older], public_key=signer.public_raw)
+    assert _kinds(report) == ["no_final_checkpoint"] and report.exit_code == 3
+    assert "newer files were not given" in report.findings[0].message
 
 
 async def test_batch_fsync_holds_the_writer_until_synced(audit_path: Path) -> None:
@@ -550,8 +613,6 @@ def test_tail_filters_and_escapes(audit_path: Path, signer: Signer) -> None:
     )
     log.write("completed", request_id="b", spiffe_id="spiffe://x/b", outcome="ok", model_id=HAIKU)
     log.close()
-    import io
-
     out = io.StringIO()
     run_tail(
         [audit_path], follow=False, selector=TailFilter(outcome="denied"), as_json=False, out=out
@@ -580,6 +641,29 @@ def test_tail_filters_and_escapes(audit_path: Path, signer: Signer) -> None:
 )
 def test_parse_since(text: str, expected: datetime) -> None:
     assert parse_since(text, datetime(2024, 1, 1, 12, 0, tzinfo=UTC)) == expected
+
+
+@pytest.mark.parametrize("text", ["999999999d", "99999999999d", "10", "yesterday"])
+def test_bad_since_is_a_usage_error(
+    text: str, audit_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit_path.write_text("")
+    assert cli.main(["audit", "tail", "--since", text, str(audit_path)]) == 2
+    assert f"--since {text!r}" in capsys.readouterr().err
+
+
+def test_verify_command_exit_codes(audit_path: Path, tmp_path: Path) -> None:
+    public = generate_key(tmp_path / "verify.key")
+    _chained_log(audit_path, load_signer(tmp_path / "verify.key"))
+    command = ["audit", "verify", "--public-key", str(public), str(audit_path)]
+    assert cli.main(command) == 0
+    audit_path.write_bytes(b"".join(line + b"\n" for line in _lines(audit_path)[:-1]))
+    assert cli.main(command) == 3
+    out = io.StringIO()
+    assert run_verify([audit_path], public_key=public, as_json=False, out=out) == 3
+    text = out.getvalue()
+    assert "UNSEALED" in text and "the tail was cut" in text
+    assert text.splitlines()[-1].startswith("INCOMPLETE: ")
 
 
 @pytest.mark.parametrize(("value", "shown"), [(None, "-"), ("a\nb", "a\\nb"), (3, "3")])

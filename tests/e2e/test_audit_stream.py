@@ -1,5 +1,6 @@
 """The audit stream end to end: write-ahead refusal, drain on SIGTERM, crash
-evidence after SIGKILL, injection-proof records, one terminal record per request."""
+evidence after SIGKILL, a live log unsealed until the proxy stops, injection-proof
+records, one terminal record per request."""
 
 from __future__ import annotations
 
@@ -91,6 +92,22 @@ def test_sigterm_mid_stream_drains_and_writes_completed(
     assert [r["outcome"] for r in completed] == ["ok"]
     result = audit_verify(proxy, public)
     assert result.returncode == 0, result.stdout
+
+
+def test_verify_calls_a_live_log_incomplete_and_the_stopped_log_sealed(
+    signed: tuple[ProxyHandle, Path],
+) -> None:
+    proxy, public = signed
+    proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
+    live = audit_verify(proxy, public)
+    # Only the shutdown checkpoint closes a chain: until then a cut tail looks the same.
+    assert live.returncode == 3, live.stdout
+    assert "still running, crashed, or the tail was cut" in live.stdout
+    assert "TAMPERED" not in live.stdout
+    proxy.process.send_signal(signal.SIGTERM)
+    proxy.process.wait(30)
+    stopped = audit_verify(proxy, public)
+    assert stopped.returncode == 0, stopped.stdout
 
 
 def test_sigkill_mid_stream_leaves_an_open_request_and_an_intact_chain(
