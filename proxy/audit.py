@@ -29,7 +29,15 @@ from typing import Any, Literal
 import structlog
 
 from proxy import ocsf
-from proxy.audit_chain import CHECKPOINT, ChainHead, Signer, head_of, load_signer, seal
+from proxy.audit_chain import (
+    CHECKPOINT,
+    ChainHead,
+    Signer,
+    head_of,
+    load_signer,
+    parse_line,
+    seal,
+)
 from proxy.audit_sinks import AuditSink, FileSink, StdoutSink, worker_path
 from proxy.config import Settings
 from proxy.context import RequestContext
@@ -103,8 +111,20 @@ class AuditLog:
             head = head_of(last)
         except ValueError:
             return ChainHead.new(), "chain_start", {"previous_unchained": True}
+        if self._key_changed(last):
+            # One chain, one signing key (audit verify holds checkpoints to it): a new
+            # key starts a new chain, which names the head of the one it follows.
+            previous = {"previous_chain": head.chain, "previous_hash": head.hash}
+            return ChainHead.new(), "chain_start", {**previous, "previous_sealed": head.sealed}
         # previous_sealed false: the last run ended without its shutdown checkpoint (crash).
         return head, "chain_resumed", {"previous_sealed": head.sealed}
+
+    def _key_changed(self, last_line: bytes) -> bool:
+        """Whether the previous run's last checkpoint was signed by another key than ours."""
+        record = parse_line(last_line).record
+        if record.get("event") != CHECKPOINT:
+            return False  # a crashed run: its key shows only further back; keep the chain
+        return record.get("key_id") != (self._signer.key_id if self._signer else None)
 
     def _render(self, logger: object, method: str, event_dict: Any) -> Any:
         record = {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}

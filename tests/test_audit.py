@@ -429,12 +429,14 @@ def test_stopped_restarted_and_stopped_again_verifies(audit_path: Path, signer: 
 
 
 def test_a_checkpoint_under_another_key_than_the_chain_is_tampering(
-    audit_path: Path, signer: Signer, tmp_path: Path
+    audit_path: Path, signer: Signer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _chained_log(audit_path, signer, requests=2)
     generate_key(tmp_path / "other.key")
-    # The chain resumed under another key: what rebuilding its tail and re-signing
-    # with one's own key looks like to a verifier with no pinned key.
+    # The chain continued under another key (the proxy itself starts a new chain
+    # then): what rebuilding its tail and re-signing with one's own key looks like
+    # to a verifier with no pinned key.
+    monkeypatch.setattr(AuditLog, "_key_changed", lambda self, last_line: False)
     _chained_log(audit_path, load_signer(tmp_path / "other.key"), requests=2)
     report = verify([(str(audit_path), audit_path.read_bytes())], public_key=None)
     assert "key_changed" in _kinds(report)
@@ -509,6 +511,27 @@ def test_crash_leaves_an_open_request_and_resume_continues_the_chain(
     report = _report(audit_path, signer)
     assert [r.request_id for r in report.open_requests] == ["crashed"]
     assert not report.tampered and report.exit_code == 3
+
+
+def test_a_new_signing_key_starts_a_new_chain_that_names_the_old_one(
+    audit_path: Path, signer: Signer, tmp_path: Path
+) -> None:
+    generate_key(tmp_path / "next.key")
+    rotated = load_signer(tmp_path / "next.key")
+    first = open_log(audit_path, signer)
+    first.write("denied", request_id="before")
+    first.close()
+    second = open_log(audit_path, rotated)
+    second.write("denied", request_id="after")
+    second.close()
+    records = _all(audit_path)
+    old_chain, new_start = records[0]["chain"], records[3]
+    assert new_start["event"] == "chain_start" and new_start["chain"] != old_chain
+    assert new_start["previous_chain"] == old_chain
+    assert new_start["previous_hash"] == records[2]["hash"]  # the old chain's final checkpoint
+    # Each chain is sealed under its own key: nothing looks tampered.
+    report = verify([(str(audit_path), audit_path.read_bytes())], public_key=None)
+    assert report.exit_code == 0, report.findings
 
 
 def test_rotation_continues_the_chain(tmp_path: Path, signer: Signer) -> None:
