@@ -203,13 +203,20 @@ class ProxyFactory:
         self._started: list[subprocess.Popen[bytes]] = []
         self._handles: list[ProxyHandle] = []
 
-    def __call__(self, opa_url: str, *, workers: int = 1, **options: Any) -> ProxyHandle:
+    def __call__(
+        self,
+        opa_url: str,
+        *,
+        workers: int = 1,
+        upstream: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> ProxyHandle:
         directory = self._tmp.mktemp("proxy")
         config = devstack.write_proxy_config(
             directory / "proxy.toml",
             pki=self._pki.dir,
             opa_url=opa_url,
-            emulator=self._emulator.info,
+            emulator=upstream or self._emulator.info,
             audit_log=directory / "audit.log",
             trust_domains={
                 "example.org": self._pki.ca_bundle,

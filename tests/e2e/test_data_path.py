@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -319,6 +320,69 @@ def test_upstream_throttling_passes_through(proxy: ProxyHandle, emulator: Emulat
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
     records = wait_for_terminal(proxy, raised.value.response["ResponseMetadata"]["RequestId"])
     assert records[-1]["upstream_status"] == 429
+
+
+def test_upstream_5xx_passes_through_unchanged(proxy: ProxyHandle, emulator: Emulator) -> None:
+    emulator.fault("http5xx", count=1, status=503)
+    status, headers, raw = proxy.raw(
+        "POST",
+        f"/model/{quote(HAIKU, safe='')}/converse",
+        body=json.dumps({"messages": MESSAGES}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 503 and headers["x-amzn-ErrorType"].startswith("ServiceUnavailableException")
+    assert b"message" in raw  # Bedrock's own error body, not one of the proxy's
+    completed = wait_for_terminal(proxy, headers["x-amzn-RequestId"])[-1]
+    assert (completed["upstream_status"], completed["outcome"]) == (503, "upstream_error")
+    assert completed["bytes_out"] == len(raw)
+
+
+def test_upstream_reset_mid_stream_cuts_the_client_and_is_audited(
+    proxy: ProxyHandle, emulator: Emulator
+) -> None:
+    emulator.fault("reset", count=1)
+    connection = proxy.connection(proxy.pki.svid(CHAT, "reset-client"))
+    try:
+        connection.request(
+            "POST",
+            f"/model/{quote(HAIKU, safe='')}/converse-stream",
+            body=json.dumps({"messages": MESSAGES}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200  # the stream had started: nothing AWS-shaped is left
+        request_id = response.getheader("x-amzn-RequestId")
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    finally:
+        connection.close()
+    completed = wait_for_terminal(proxy, request_id)[-1]
+    assert completed["outcome"] == "upstream_error"
+    assert "closed the response early" in completed["error"]["message"]
+    [seen] = emulator.requests()
+    assert (seen["outcome"], seen["fault"]) == ("fault", "reset")
+
+
+def test_unreachable_upstream_is_a_502_after_the_write_ahead_record(
+    proxy_factory: Any, opa_url: str, emulator: Emulator
+) -> None:
+    closed = {**emulator.info, "bedrock_url": f"https://127.0.0.1:{_closed_port()}"}
+    proxy = proxy_factory(opa_url, upstream=closed)
+    with pytest.raises(ClientError) as raised:
+        proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 502
+    assert "Bedrock could not be reached" in error["Error"]["Message"]
+    records = proxy.request_of(error["ResponseMetadata"]["RequestId"])
+    assert [r["event"] for r in records] == ["authorized", "completed"]
+    assert records[-1]["outcome"] == "upstream_error"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def test_exception_frame_mid_stream_is_relayed_and_audited(
