@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import re
@@ -92,6 +93,8 @@ class RequestRecord:
     error_type: str | None = None
     fault: str | None = None
     frames_sent: int = 0
+    # SHA-256 of the event-stream bytes written so far: lets a test prove a relay byte-exact.
+    stream_sha256: str | None = None
     first_frame_at: float | None = None
     last_frame_at: float | None = None
 
@@ -326,13 +329,20 @@ class _Handler:
         )
         clock = self._state.clock
         record.status = 200
+        sent = hashlib.sha256()
+
+        async def write(data: bytes) -> None:
+            await response.write(data)
+            sent.update(data)
+            record.stream_sha256 = sent.hexdigest()
+
         try:
             await response.prepare(request)
             for index, frame in enumerate(frames):
                 if index > 0:
                     await asyncio.sleep(delay)
                 if fault is not None and index == 2 and fault.kind == "exception_frame":
-                    await response.write(
+                    await write(
                         exception_frame(fault.exception_type, "Injected by the bedrock emulator.")
                     )
                     record.outcome = "fault"
@@ -342,7 +352,7 @@ class _Handler:
                     if request.transport is not None:
                         request.transport.abort()
                     return response
-                await response.write(frame)
+                await write(frame)
                 record.frames_sent += 1
                 record.last_frame_at = clock()
                 if record.first_frame_at is None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -401,6 +402,7 @@ def test_exception_frame_mid_stream_is_relayed_and_audited(
     assert frames[-1].headers[":exception-type"] == "throttlingException"
     [seen] = emulator.requests()
     assert len(frames) == seen["frames_sent"] + 1  # the events, then the exception
+    assert seen["stream_sha256"] == hashlib.sha256(raw).hexdigest()  # relayed byte-exact
     request_id = headers["x-amzn-RequestId"]
     completed = wait_for_terminal(proxy, request_id)[-1]
     assert completed["stream_exception"] == "throttlingException"
