@@ -269,7 +269,7 @@ def duration_seconds(
     """Policy's duration, never past the task's end, within [900 s, the configured cap]."""
     upper = min(MAX_SESSION_SECONDS, max_session_seconds, scope.session_seconds)
     if scope.not_after is not None and now is not None:
-        upper = min(upper, math.ceil((scope.not_after - now).total_seconds()))
+        upper = min(upper, math.floor((scope.not_after - now).total_seconds()))
     return max(MIN_SESSION_SECONDS, upper)
 
 

@@ -282,6 +282,17 @@ def test_duration_is_clamped(wanted: int, maximum: int, expected: int) -> None:
     assert duration_seconds(make_scope(session_seconds=wanted), maximum) == expected
 
 
+@pytest.mark.parametrize(
+    ("task_left_s", "expected"),
+    [(1200.8, 1200), (3000, 1800), (60, 900)],
+    ids=["task-ends-first", "policy-shorter", "sts-minimum"],
+)
+def test_duration_never_outlives_the_task(task_left_s: float, expected: int) -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    scope = make_scope(session_seconds=1800, not_after=now + timedelta(seconds=task_left_s))
+    assert duration_seconds(scope, 3600, now) == expected
+
+
 def test_assume_role_params() -> None:
     params = assume_role_params(make_scope(), 3600)
     assert params["RoleArn"] == ROLE_ARN
