@@ -143,6 +143,8 @@ def _invoke_model(doc: dict[str, Any], model: ModelRef | None, cap: int) -> None
         config["maxTokenCount"] = _capped(config.get("maxTokenCount"), cap)
         return
     fields = _TOKEN_FIELDS.get(provider or "")
+    if provider == "anthropic" and "prompt" in doc and "messages" not in doc:
+        fields = ("max_tokens_to_sample",)  # Anthropic's older Text Completions body
     if not fields:
         raise ObligationUnenforceable(
             "Policy obligation cannot be enforced: no known output-token field for "

@@ -248,6 +248,12 @@ def test_max_output_tokens_on_converse_bad_inference_config() -> None:
         (HAIKU, {"max_tokens": 100, "messages": []}, ("max_tokens",), 100),
         (HAIKU, {"max_tokens": 9000, "messages": []}, ("max_tokens",), 500),
         (HAIKU, {"messages": []}, ("max_tokens",), 500),
+        (
+            "anthropic.claude-v2:1",
+            {"prompt": "\n\nHuman: x\n\nAssistant:", "max_tokens_to_sample": 4000},
+            ("max_tokens_to_sample",),
+            500,
+        ),
         (f"us.{HAIKU}", {"max_tokens": 9000}, ("max_tokens",), 500),
         (
             f"arn:aws:bedrock:us-east-1::foundation-model/{HAIKU}",
@@ -415,3 +421,10 @@ def test_non_json_body_when_edit_needed_is_invalid(
     with pytest.raises(InvalidRequest) as info:
         apply_obligations(route, model, {}, body, obligations)
     assert info.value.status == 400
+
+
+def test_text_completion_body_gets_no_messages_api_field() -> None:
+    route, model = _route("InvokeModel", "anthropic.claude-v2:1")
+    body = _json({"prompt": "\n\nHuman: x\n\nAssistant:", "max_tokens_to_sample": 4000})
+    _, out = apply_obligations(route, model, {}, body, _obligations(max_output_tokens=500))
+    assert json.loads(out) == {"prompt": "\n\nHuman: x\n\nAssistant:", "max_tokens_to_sample": 500}
