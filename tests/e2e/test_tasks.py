@@ -193,6 +193,13 @@ def test_open_use_end_refuses_next_call_and_drops_credentials(
     second = open_task(proxy)
     assert converse(proxy, second["task_id"])[0] == 200
     assert emulator.requests()[-1]["access_key_id"] != first_key
+    # Every record of a call in a task carries its id, the refused call's too.
+    calls = [r for r in proxy.records() if r.get("operation") == "Converse"]
+    assert [(r["event"], r["task_id"]) for r in calls[-5:]] == [
+        ("authorized", task["task_id"]), ("completed", task["task_id"]),
+        ("denied", task["task_id"]),
+        ("authorized", second["task_id"]), ("completed", second["task_id"]),
+    ]  # fmt: skip
     ended_records = [
         r for r in proxy.records() if r["event"] == "task_ended" and r["task_id"] == task["task_id"]
     ]
@@ -339,6 +346,8 @@ def test_two_processes_share_tasks_and_revocations(
     status, refused = converse(b, task)
     assert status == 403 and "revoked" in refused["message"]
     assert time.monotonic() - revoked_at < 1.0
+    [ended] = [r for r in a.records() if r["event"] == "task_ended" and r["task_id"] == task]
+    assert (ended["reason"], ended["ended_by"]) == ("revoked", ADMIN)
 
 
 def test_counters_exact_across_two_processes(redis_server: RedisServer, proxies: Any) -> None:
