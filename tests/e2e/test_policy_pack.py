@@ -104,7 +104,14 @@ RULES: dict[str, tuple[Call, list[tuple[Call, str]]]] = {
     ),
     "region-allowlist": (
         Call(CHAT, region="us-west-2"),
-        [(Call(CHAT, region="eu-west-1"), "region_not_allowed")],
+        [
+            (Call(CHAT, region="eu-west-1"), "region_not_allowed"),
+            # A model ARN names its own region, which must be allowed too.
+            (
+                Call(CHAT, model=f"arn:aws:bedrock:eu-west-1::foundation-model/{HAIKU}"),
+                "region_not_allowed",
+            ),
+        ],
     ),
     "account-boundary": (
         Call(CHAT, model=f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.{SONNET}"),
@@ -125,7 +132,10 @@ RULES: dict[str, tuple[Call, list[tuple[Call, str]]]] = {
     ),
     "eu-residency": (
         Call(EU, region="eu-central-1", model=f"eu.{HAIKU}"),
-        [(Call(EU, region="eu-central-1", model=f"us.{HAIKU}"), "residency_violation")],
+        [
+            (Call(EU, region="eu-central-1", model=f"us.{HAIKU}"), "residency_violation"),
+            (Call(EU, region="us-east-1", model=HAIKU), "residency_violation"),
+        ],
     ),
     "workload-classification-ceiling": (
         Call(CHAT, classification="confidential"),
