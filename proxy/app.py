@@ -37,7 +37,7 @@ TASK_API = web.AppKey("task_api", TaskApi)
 DATA_APP = web.AppKey("data_app", web.Application)
 AUDIT = web.AppKey("audit", AuditLog)
 METRICS = web.AppKey("metrics", Metrics)
-CONTEXT = "bedrock_proxy.context"
+CONTEXT = web.RequestKey("context", RequestContext)
 ADMIN_PACKAGE = "bedrock.admin"
 _log = structlog.get_logger("bedrock_proxy")
 

@@ -49,12 +49,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import structlog
 
 from proxy.errors import InvalidRequest
+from proxy.offload import offload_if_large
 
 LEVELS = ("public", "internal", "confidential", "restricted")
 # An unlabelled call is treated as internal data: most prompts carry some.
@@ -108,13 +109,11 @@ BUILTIN_LEVELS: Mapping[str, str] = MappingProxyType(
 
 # Marks "the body has not been parsed yet" (None means "parsed: not JSON").
 NOT_PARSED = object()
-OFFLOAD_BYTES = 256 * 1024
 SCAN_BUDGET_S = 10.0
 # A base64 run this long is a blob (image, file, archive), not a credential.
 _BLOB_CHARS = 1024
 
 _log = structlog.get_logger("bedrock_proxy.classify")
-_R = TypeVar("_R")
 
 
 def _rank(level: str) -> int:
@@ -648,15 +647,8 @@ class PolicyRules:
 class Classifier:
     """Classifies a request off the event loop when its body is large."""
 
-    def __init__(
-        self,
-        rules: PolicyRules | None,
-        *,
-        offload_bytes: int = OFFLOAD_BYTES,
-        budget_s: float = SCAN_BUDGET_S,
-    ) -> None:
+    def __init__(self, rules: PolicyRules | None, *, budget_s: float = SCAN_BUDGET_S) -> None:
         self._rules = rules
-        self._offload_bytes = offload_bytes
         self._budget_s = budget_s
 
     async def classify(
@@ -669,34 +661,14 @@ class Classifier:
         document: object = None,
     ) -> Classification:
         rules = BUILTIN_RULES if self._rules is None else await self._rules.current()
-        run = _bind(declared_header, body, operation, spiffe_id, rules, self._budget_s, document)
-        return await self.run(len(body), run)
-
-    async def run(self, size: int, work: Callable[..., _R], *args: Any) -> _R:
-        """``work(*args)`` on the loop for small inputs, in a worker thread for large ones."""
-        if size > self._offload_bytes:
-            return await asyncio.to_thread(work, *args)
-        return work(*args)
-
-
-def _bind(
-    header: str | None,
-    body: bytes,
-    operation: str,
-    spiffe_id: str,
-    rules: ClassificationRules,
-    budget_s: float,
-    document: object,
-) -> Callable[[], Classification]:
-    def run() -> Classification:
-        return classify(
-            header,
+        return await offload_if_large(
+            len(body),
+            classify,
+            declared_header,
             body,
             operation=operation,
             spiffe_id=spiffe_id,
             rules=rules,
-            budget_s=budget_s,
+            budget_s=self._budget_s,
             document=document,
         )
-
-    return run

@@ -10,12 +10,15 @@ Every stage either returns or raises a ProxyError; ``errors.middleware`` in
 app.py turns the error into an AWS-shaped answer and writes the terminal audit
 record. The body limit is enforced before OPA or STS is asked, so an oversized
 request costs neither. Nothing is forwarded before ``authorized`` is written.
+
+Every stage whose work grows with the body (parse, hash, classification scan,
+obligations, prompt capture, SigV4) goes through ``offload_if_large``: a large
+body is worked on in a thread, so one 20 MB call does not stall the others.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
@@ -42,6 +45,7 @@ from proxy.identity import VerifiedIdentities, peer_certificates
 from proxy.metrics import Metrics
 from proxy.models import ModelRef, parse_model_id
 from proxy.obligations import apply_obligations, prompt_capture
+from proxy.offload import offload_if_large, parse_json
 from proxy.operations import Route, parse_route
 from proxy.region import resolve_region
 from proxy.response_capture import ResponseCapture
@@ -80,20 +84,19 @@ class DataPlane:
             request.headers.get("Authorization"),
             self.settings.default_region,
         )
-        document = _json_document(route, body)
+        document = await offload_if_large(len(body), _json_document, route, body)
         ctx.model = _model(route, document, ctx.region, self.settings.default_account)
         ctx.account = (ctx.model.account if ctx.model else None) or self.settings.default_account
         ctx.task_id = _task_id(request.headers.get("X-Task-Id"))
         task = await self._task(ctx.task_id, ctx.identity.spiffe_id)
-        classifier = self.classifier
-        ctx.classification = await classifier.classify(
+        ctx.classification = await self.classifier.classify(
             request.headers.get("X-Data-Classification"),
             body,
             operation=route.operation,
             spiffe_id=ctx.identity.spiffe_id,
             document=document,
         )
-        ctx.prompt_sha256 = hashlib.sha256(body).hexdigest()
+        ctx.prompt_sha256 = await offload_if_large(len(body), _sha256, body)
         tools = _tool_names(document)
 
         decide_started = time.monotonic()
@@ -133,10 +136,16 @@ class DataPlane:
                     tools,
                 ),
             )
-        headers, body = apply_obligations(
-            route, ctx.model, forwardable_headers(request.headers.items()), body, obligations
+        headers, body = await offload_if_large(
+            len(body),
+            apply_obligations,
+            route,
+            ctx.model,
+            forwardable_headers(request.headers.items()),
+            body,
+            obligations,
         )
-        keep_hash, ctx.prompt_captured = await classifier.run(
+        keep_hash, ctx.prompt_captured = await offload_if_large(
             len(body), prompt_capture, obligations.audit_capture, route.operation, body
         )
         if not keep_hash:
@@ -159,7 +168,9 @@ class DataPlane:
         url = self.settings.upstream_base(ctx.region) + route.wire_path
         if route.wire_query:
             url += "?" + route.wire_query
-        signed = sign_request(
+        signed = await offload_if_large(
+            len(body),
+            sign_request,
             method=route.method,
             url=url,
             headers=headers,
@@ -225,7 +236,7 @@ def _json_document(route: Route, body: bytes) -> dict[str, Any] | None:
     if route.operation not in _JSON_BODY_OPERATIONS and not body.lstrip().startswith(b"{"):
         return None
     try:
-        document = json.loads(body) if body else {}
+        document = parse_json(body) if body else {}
     except (UnicodeDecodeError, ValueError) as exc:
         if route.operation in _JSON_BODY_OPERATIONS:
             raise InvalidRequest(f"The {route.operation} request body is not valid JSON") from exc
@@ -235,6 +246,10 @@ def _json_document(route: Route, body: bytes) -> dict[str, Any] | None:
             raise InvalidRequest(f"The {route.operation} request body must be a JSON object")
         return None
     return document
+
+
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def _model(

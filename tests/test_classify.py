@@ -67,7 +67,10 @@ def test_effective_never_below_declared(header: str | None, body: bytes) -> None
 
 import base64  # noqa: E402
 import json  # noqa: E402
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
 
+import proxy.classify  # noqa: E402
 from proxy.classify import (  # noqa: E402
     BUILTIN_RULES,
     ClassificationRules,
@@ -76,6 +79,7 @@ from proxy.classify import (  # noqa: E402
     scan_body,
     scan_text,
 )
+from proxy.offload import OFFLOAD_BYTES  # noqa: E402
 from proxy.redact import redacted_capture  # noqa: E402
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -237,24 +241,28 @@ def test_malformed_rules_are_refused(document: object) -> None:
         rules_from_policy(document)
 
 
-async def test_classifier_offloads_large_bodies() -> None:
-    import threading
+async def test_classifier_scans_large_bodies_in_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[int] = []
 
-    seen: list[str] = []
+    def recording(*args: Any, **kwargs: Any) -> Classification:
+        threads.append(threading.get_ident())
+        return classify(*args, **kwargs)
 
-    def where() -> str:
-        seen.append(threading.current_thread().name)
-        return "done"
-
-    classifier = Classifier(None, offload_bytes=10)
-    assert await classifier.run(5, where) == "done"
-    assert await classifier.run(11, where) == "done"
-    assert seen[0] == threading.main_thread().name
-    assert seen[1] != threading.main_thread().name
-    result = await classifier.classify(
-        None, _converse({"text": "x" * 20}), operation="Converse", spiffe_id="spiffe://td/w"
+    monkeypatch.setattr(proxy.classify, "classify", recording)
+    classifier = Classifier(None)
+    small = _converse({"text": "x" * 20})
+    large = _converse({"text": f"{'x ' * OFFLOAD_BYTES} {AWS_SECRET}"})
+    assert await classifier.classify(
+        None, small, operation="Converse", spiffe_id="spiffe://td/w"
+    ) == Classification("internal", "public", "internal", ())
+    found = await classifier.classify(
+        "public", large, operation="Converse", spiffe_id="spiffe://td/w"
     )
-    assert result == Classification("internal", "public", "internal", ())
+    assert found.findings == ("aws_secret_key",)
+    assert threads[0] == threading.get_ident()
+    assert threads[1] != threading.get_ident()
     assert isinstance(ClassificationRules().levels, type(BUILTIN_RULES.levels))
 
 

@@ -168,10 +168,14 @@ def test_hash_capture_keeps_no_response_text(proxy: ProxyHandle) -> None:
 def test_large_body_is_scanned_without_blocking_small_requests(
     proxy: ProxyHandle, emulator: Emulator
 ) -> None:
-    """A 20 MB prompt is scanned in a worker thread; small calls keep flowing meanwhile."""
+    """A 20 MB prompt is parsed and scanned off the loop; small calls keep flowing meanwhile."""
+    # ~100k small text blocks, as a long conversation has: parsing them is a
+    # cost of its own, not only scanning them. The secret is in the last block.
     words = "the quarterly report says revenue grew and customers asked about orders "
-    text = (words * (20_000_000 // len(words)))[:20_000_000] + f" {AWS_SECRET}"
-    big = json.dumps({"messages": [{"role": "user", "content": [{"text": text}]}]}).encode()
+    block = {"text": words * 3}
+    count = 20_000_000 // len(json.dumps(block))
+    content = [block] * count + [{"text": f"deploy with {AWS_SECRET}"}]
+    big = json.dumps({"messages": [{"role": "user", "content": content}]}).encode()
     path = f"/model/{quote(HAIKU, safe='')}/converse"
     timeline: dict[str, float] = {}
     result: dict[str, Any] = {}
@@ -188,18 +192,24 @@ def test_large_body_is_scanned_without_blocking_small_requests(
             connection.close()
 
     small = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
-    latencies: list[tuple[float, float]] = []
-    thread = threading.Thread(target=send_big)
-    thread.start()
-    while "big_done" not in timeline and len(latencies) < 500:
+
+    def call_small() -> tuple[float, float]:
         started = time.monotonic()
         status, _, _ = proxy.raw(
             "POST", path, body=small, headers={"Content-Type": "application/json"}
         )
         assert status == 200
-        latencies.append((started, time.monotonic()))
+        return started, time.monotonic()
+
+    call_small()  # the first call also fetches STS credentials
+    baseline = sorted(end - start for start, end in (call_small() for _ in range(5)))
+    latencies: list[tuple[float, float]] = []
+    thread = threading.Thread(target=send_big)
+    thread.start()
+    while "big_done" not in timeline and len(latencies) < 500:
+        latencies.append(call_small())
     thread.join(timeout=120)
-    assert result["status"] == 403  # the secret at the very end was found
+    assert result["status"] == 403  # refused as restricted, never let through unscanned
     assert b"classification_too_high" in result["body"]
     during_scan = [
         end - start
@@ -209,10 +219,13 @@ def test_large_body_is_scanned_without_blocking_small_requests(
     # At least one small call started after the big body was uploaded and
     # finished before its answer: the scan did not hold the event loop.
     assert during_scan, "no small request completed while the large body was scanned"
+    # Measured, not asserted: the delay a small call sees while the big one is
+    # parsed and scanned, against small calls alone (each on a new TLS connection).
     print(
-        f"\nlarge body {len(big) / 1e6:.1f} MB answered "
+        f"\nlarge body {len(big) / 1e6:.1f} MB of {count} blocks answered "
         f"{timeline['big_done'] - timeline['big_sent']:.2f}s after upload; "
         f"{len(during_scan)} small calls meanwhile, "
         f"latency max {max(during_scan) * 1000:.0f} ms, "
-        f"median {sorted(during_scan)[len(during_scan) // 2] * 1000:.0f} ms"
+        f"median {sorted(during_scan)[len(during_scan) // 2] * 1000:.0f} ms; "
+        f"alone: max {baseline[-1] * 1000:.0f} ms, median {baseline[2] * 1000:.0f} ms"
     )
