@@ -11,6 +11,7 @@ import http.client
 import json
 import ssl
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ BATCH = "spiffe://example.org/ns/demo/sa/batch"
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 PARTNER_DOMAIN = "partner.test"
 LOG_EVENTS = {"chain_start", "chain_resumed", "checkpoint", "connection"}
+TERMINAL = {"completed", "denied"}
 
 
 @dataclass
@@ -96,9 +98,25 @@ class ProxyHandle:
         lines = [line for path in self.audit_files() for line in path.read_text().splitlines()]
         return [json.loads(line) for line in lines]
 
-    def records(self) -> list[dict[str, Any]]:
-        """Request-level records: chain bookkeeping and connection records left out."""
-        return [r for r in self.all_records() if r.get("event") not in LOG_EVENTS]
+    def records(self, *, settled: bool = True) -> list[dict[str, Any]]:
+        """Request-level records: chain bookkeeping and connection records left out.
+
+        The proxy writes a relayed call's ``completed`` record just after the
+        client has read the last byte, so by default this waits (up to 10 s)
+        until every ``authorized`` request has its terminal record. Tests that
+        look at requests still in flight pass ``settled=False``.
+        """
+        deadline = time.monotonic() + 10
+        while True:
+            records = [r for r in self.all_records() if r.get("event") not in LOG_EVENTS]
+            if not settled or not _open_requests(records) or time.monotonic() > deadline:
+                return records
+            time.sleep(0.02)
+
+    def audit_text(self) -> str:
+        """The audit file as text, once every request in it has its terminal record."""
+        self.records()
+        return self.audit_path.read_text()
 
     def records_for(self, request_id: str) -> list[dict[str, Any]]:
         return [
@@ -150,6 +168,11 @@ class ProxyHandle:
         if cert is not None:
             context.load_cert_chain(str(cert.cert), str(cert.key))
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=30)
+
+
+def _open_requests(records: list[dict[str, Any]]) -> set[str]:
+    authorized = {r["request_id"] for r in records if r.get("event") == "authorized"}
+    return authorized - {r["request_id"] for r in records if r.get("event") in TERMINAL}
 
 
 def bedrock_client(url: str, ca_bundle: Path, cert: certs.CertPair) -> Any:

@@ -63,7 +63,7 @@ def wait_for(predicate: Any, timeout: float = 10) -> None:
 
 def stream_in_background(proxy: ProxyHandle) -> tuple[threading.Thread, list[Any]]:
     outcome: list[Any] = []
-    seen = sum(r["event"] == "authorized" for r in proxy.records())
+    seen = sum(r["event"] == "authorized" for r in proxy.records(settled=False))
 
     def run() -> None:
         try:
@@ -74,7 +74,7 @@ def stream_in_background(proxy: ProxyHandle) -> tuple[threading.Thread, list[Any
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for(lambda: sum(r["event"] == "authorized" for r in proxy.records()) > seen)
+    wait_for(lambda: sum(r["event"] == "authorized" for r in proxy.records(settled=False)) > seen)
     return thread, outcome
 
 
@@ -121,7 +121,8 @@ def test_sigkill_mid_stream_leaves_an_open_request_and_an_intact_chain(
     os.kill(worker, signal.SIGKILL)
     thread.join(30)
     proxy.process.wait(30)
-    open_id = [r for r in proxy.records() if r["event"] == "authorized"][-1]["request_id"]
+    authorized = [r for r in proxy.records(settled=False) if r["event"] == "authorized"]
+    open_id = authorized[-1]["request_id"]
     result = audit_verify(proxy, public)
     assert result.returncode == 3, result.stdout
     assert "OPEN" in result.stdout and open_id in result.stdout

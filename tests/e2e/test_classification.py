@@ -61,7 +61,7 @@ def test_declared_public_with_aws_secret_is_denied(proxy: ProxyHandle, emulator:
         "effective": "restricted",
         "findings": ["aws_secret_key"],
     }
-    assert AWS_SECRET not in proxy.audit_path.read_text()
+    assert AWS_SECRET not in proxy.audit_text()
 
 
 def test_same_call_without_the_secret_is_allowed(proxy: ProxyHandle, emulator: Emulator) -> None:
@@ -106,7 +106,7 @@ def test_obligations_reach_the_emulator_and_capture_is_redacted(
     assert headers["x-amzn-bedrock-guardrailversion"] == "3"
     assert json.loads(base64.b64decode(seen_invoke["body_b64"]))["max_tokens"] == 64
 
-    audit_text = obligations_proxy.audit_path.read_text()
+    audit_text = obligations_proxy.audit_text()
     for secret in (EMAIL, AWS_SECRET, "078-05-1120"):
         assert secret not in audit_text
     converse_records = obligations_proxy.request_of(converse["ResponseMetadata"]["RequestId"])
@@ -152,7 +152,7 @@ def test_response_capture_is_redacted_and_hashes_what_the_client_got(
     }
     plain = obligations_proxy.request_of(answer["ResponseMetadata"]["RequestId"])[-1]
     assert "[email]" in plain["response"]["captured"]
-    assert EMAIL not in obligations_proxy.audit_path.read_text()
+    assert EMAIL not in obligations_proxy.audit_text()
 
 
 def test_hash_capture_keeps_no_response_text(proxy: ProxyHandle) -> None:

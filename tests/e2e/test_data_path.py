@@ -229,7 +229,7 @@ def test_caller_credentials_never_reach_upstream_or_audit(
     [seen] = emulator.requests()
     assert seen["verified"] is True
     forwarded = json.dumps(seen).lower()
-    audit_text = proxy.audit_path.read_text().lower()
+    audit_text = proxy.audit_text().lower()
     for canary in (
         "canary-bearer",
         "canary-token",

@@ -54,13 +54,20 @@ def test_dev_up_serves_a_call_and_stops_cleanly(tmp_path: Path) -> None:
         finally:
             client.close()
         assert answer["stopReason"] == "end_turn"
-        records = [json.loads(line) for line in Path(info["audit_log"]).read_text().splitlines()]
         # The SDK sees Bedrock's request id; the proxy's own id ties the records together.
-        [completed] = [
-            r for r in records if r.get("aws_request_id") == answer["ResponseMetadata"]["RequestId"]
-        ]
-        ours = [r["event"] for r in records if r.get("request_id") == completed["request_id"]]
-        assert ours == ["authorized", "completed"] and completed["outcome"] == "ok"
+        # The completed record is written just after the client read the last byte.
+        aws_id = answer["ResponseMetadata"]["RequestId"]
+        deadline = time.monotonic() + 10
+        while True:
+            lines = Path(info["audit_log"]).read_text().splitlines()
+            records = [json.loads(line) for line in lines]
+            completed = [r for r in records if r.get("aws_request_id") == aws_id]
+            if completed or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(completed) == 1, "no completed record for the call"
+        ours = [r["event"] for r in records if r.get("request_id") == completed[0]["request_id"]]
+        assert ours == ["authorized", "completed"] and completed[0]["outcome"] == "ok"
     finally:
         stack.send_signal(signal.SIGTERM)
         code = stack.wait(60)

@@ -92,6 +92,7 @@ def test_every_scrape_sums_all_workers(proxy_factory: ProxyFactory, opa_url: str
         proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
         calls += 1
     assert len(_workers_that_served(proxy)) == 2, "one worker took every connection"
+    proxy.records()  # the last call's terminal record (and its count) is written
     for _ in range(6):
         # Each worker alone saw fewer calls than were made: only a sum can match.
         text = scrape(proxy)
