@@ -338,19 +338,26 @@ def test_upstream_5xx_passes_through_unchanged(proxy: ProxyHandle, emulator: Emu
     assert completed["bytes_out"] == len(raw)
 
 
+def _start_raw_stream(
+    proxy: ProxyHandle, client_name: str
+) -> tuple[http.client.HTTPSConnection, http.client.HTTPResponse]:
+    """A ConverseStream over a raw connection, so a test controls every read."""
+    connection = proxy.connection(proxy.pki.svid(CHAT, client_name))
+    connection.request(
+        "POST",
+        f"/model/{quote(HAIKU, safe='')}/converse-stream",
+        body=json.dumps({"messages": MESSAGES}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    return connection, connection.getresponse()
+
+
 def test_upstream_reset_mid_stream_cuts_the_client_and_is_audited(
     proxy: ProxyHandle, emulator: Emulator
 ) -> None:
     emulator.fault("reset", count=1)
-    connection = proxy.connection(proxy.pki.svid(CHAT, "reset-client"))
+    connection, response = _start_raw_stream(proxy, "reset-client")
     try:
-        connection.request(
-            "POST",
-            f"/model/{quote(HAIKU, safe='')}/converse-stream",
-            body=json.dumps({"messages": MESSAGES}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        response = connection.getresponse()
         assert response.status == 200  # the stream had started: nothing AWS-shaped is left
         request_id = response.getheader("x-amzn-RequestId")
         with pytest.raises(http.client.IncompleteRead):
@@ -426,14 +433,7 @@ def test_client_disconnect_mid_stream_aborts_upstream(
     proxy: ProxyHandle, emulator: Emulator
 ) -> None:
     emulator.fault("slow", count=1, delay_ms=300)
-    connection = proxy.connection(proxy.pki.svid(CHAT, "aborting-client"))
-    connection.request(
-        "POST",
-        f"/model/{quote(HAIKU, safe='')}/converse-stream",
-        body=json.dumps({"messages": MESSAGES}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    response = connection.getresponse()
+    connection, response = _start_raw_stream(proxy, "aborting-client")
     request_id = response.getheader("x-amzn-RequestId")
     assert response.read1(64)
     connection.sock.shutdown(socket.SHUT_RDWR)
