@@ -55,7 +55,7 @@ import aiohttp
 import structlog
 
 from proxy.errors import InvalidRequest
-from proxy.offload import offload_if_large
+from proxy.offload import offload_if_large, parse_json
 
 LEVELS = ("public", "internal", "confidential", "restricted")
 # An unlabelled call is treated as internal data: most prompts carry some.
@@ -503,7 +503,7 @@ def parse_body(body: bytes) -> object | None:
     if _JSON_START.match(body) is None:
         return None
     try:
-        return json.loads(body)
+        return parse_json(body)
     except (ValueError, RecursionError):
         return None
 

@@ -30,6 +30,7 @@ from typing import Any
 from proxy.decision import Obligations
 from proxy.errors import InvalidRequest, ObligationUnenforceable
 from proxy.models import ModelRef
+from proxy.offload import parse_json
 from proxy.operations import Route
 from proxy.redact import redacted_capture
 
@@ -118,8 +119,8 @@ def _unguarded(block: object, *, image_ok: bool) -> object:
 def _without_guardrail_narrowing(body: bytes) -> bytes:
     """An InvokeModel body without the caller's guardrail settings; tagged input is refused."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        doc = parse_json(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         doc = None
     # Searched in the decoded document (re-encoded: the tag is ASCII, so it shows
     # unescaped), so that a JSON escape cannot hide a tag.
@@ -162,8 +163,8 @@ def _capped(current: object, cap: int) -> int:
 
 def _edit_json(body: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        doc = parse_json(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRequest("The request body is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise InvalidRequest("The request body must be a JSON object")

@@ -237,6 +237,11 @@ def _json_document(route: Route, body: bytes) -> dict[str, Any] | None:
         return None
     try:
         document = parse_json(body) if body else {}
+    except RecursionError as exc:
+        # Nothing this deep can be classified or redacted reliably: refuse, whatever the operation.
+        raise InvalidRequest(
+            f"The {route.operation} request body is JSON nested too deeply to be inspected"
+        ) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         if route.operation in _JSON_BODY_OPERATIONS:
             raise InvalidRequest(f"The {route.operation} request body is not valid JSON") from exc
