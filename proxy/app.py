@@ -139,7 +139,9 @@ def _components(
             revision=revision,
         )
         store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
-        tasks = TaskService(store, broker, audit, clock=lambda: datetime.now(UTC))
+        tasks = TaskService(
+            store, broker, audit, clock=lambda: datetime.now(UTC), revision=revision
+        )
         identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
         await revision.start()
         await decider.start()

@@ -59,6 +59,7 @@ from proxy.errors import (
 )
 from proxy.identity import VerifiedIdentities, WorkloadIdentity, peer_certificates
 from proxy.operations import Route
+from proxy.policy_revision import PolicyRevision
 from proxy.region import resolve_region
 from proxy.task_store import TaskStore
 from proxy.tasks import (
@@ -82,11 +83,17 @@ class TaskService:
     broker: CredentialBroker
     audit: AuditLog
     clock: Callable[[], datetime]
+    # What OPA had loaded when a task record was written (as on call records).
+    revision: PolicyRevision | None = None
 
     async def open(self, task: Task, *, request_id: str) -> Task:
         await self.store.create(task)
-        self.audit.write("task_opened", request_id=request_id, **task_record(task))
+        self._write("task_opened", request_id=request_id, **task_record(task))
         return task
+
+    def _write(self, event: str, **fields: Any) -> None:
+        revision = self.revision.current if self.revision is not None else None
+        self.audit.write(event, policy_revision=revision, **fields)
 
     async def for_call(self, task_id: str, spiffe_id: str) -> Task:
         """The task a call names, if this identity may use it now (else TaskRefused)."""
@@ -105,7 +112,7 @@ class TaskService:
                 await self.end(task.id, "expired")
             raise
         if after.ended_reason == "max_calls" and after.calls == after.max_calls:
-            self.audit.write("task_ended", reason="max_calls", **task_record(after))
+            self._write("task_ended", reason="max_calls", **task_record(after))
         return after
 
     def release(self, task: Task) -> None:
@@ -118,7 +125,7 @@ class TaskService:
         # Drop even when another process ended it first: this process may hold its credentials.
         self.broker.drop_task(task_id)
         if ended is not None:
-            self.audit.write("task_ended", reason=reason, ended_by=by, **task_record(ended))
+            self._write("task_ended", reason=reason, ended_by=by, **task_record(ended))
         return ended
 
     async def sweep(self) -> None:

@@ -204,9 +204,11 @@ def test_open_use_end_refuses_next_call_and_drops_credentials(
         r for r in proxy.records() if r["event"] == "task_ended" and r["task_id"] == task["task_id"]
     ]
     assert [r["reason"] for r in ended_records] == ["deleted"]
-    assert any(
-        r["event"] == "task_opened" and r["task_id"] == task["task_id"] for r in proxy.records()
-    )
+    # Task records name the policy revision OPA had loaded, as call records do.
+    assert ended_records[0]["policy_revision"].startswith("sha256:")
+    wanted = ("task_opened", task["task_id"])
+    [opened] = [r for r in proxy.records() if (r["event"], r["task_id"]) == wanted]
+    assert opened["policy_revision"] == ended_records[0]["policy_revision"]
 
 
 def test_ttl_bounds(proxy: ProxyHandle) -> None:
