@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from proxy.audit_chain import generate_key
-from tests.conftest import HAIKU, Emulator, ProxyFactory, ProxyHandle
+from tests.conftest import CHAT, HAIKU, Emulator, ProxyFactory, ProxyHandle
 from tests.e2e.test_workers import children_of
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
@@ -217,3 +218,31 @@ def test_mixed_run_has_one_terminal_record_per_request(
             r for r in proxy.request_of(request_id) if r["event"] in ("completed", "denied")
         ]
         assert len(terminal) == 1, (request_id, terminal)
+
+
+def test_ocsf_stream_maps_a_real_call_and_still_verifies(
+    proxy_factory: ProxyFactory, opa_url: str, tmp_path: Path
+) -> None:
+    key = tmp_path / "audit.key"
+    public = generate_key(key)
+    proxy = proxy_factory(opa_url, audit_options={"signing_key": str(key), "format": "ocsf"})
+    answer = proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
+    with pytest.raises(ClientError):
+        proxy.client().converse(modelId="meta.llama3-70b-instruct-v1:0", messages=MESSAGES)
+    proxy.close_clients()
+    proxy.process.send_signal(signal.SIGTERM)
+    proxy.process.wait(30)
+    events = [r for r in proxy.all_records() if r.get("class_uid") == 6003]
+    by_kind = {e["activity_name"]: e for e in events}
+    assert set(by_kind) == {"authorized", "completed", "denied"}
+    done, denied = by_kind["completed"], by_kind["denied"]
+    assert (done["status_id"], done["status"], done["severity_id"]) == (1, "Success", 1)
+    assert done["actor"]["user"] == {"uid": CHAT, "type": "Workload", "org": {"name": "team-demo"}}
+    assert done["api"]["operation"] == "Converse" and done["api"]["response"]["code"] == 200
+    assert done["resources"][0]["name"] == HAIKU
+    assert done["unmapped"]["aws_request_id"] == answer["ResponseMetadata"]["RequestId"]
+    assert done["metadata"]["uid"] == by_kind["authorized"]["metadata"]["uid"]
+    assert (denied["status_id"], denied["severity_id"]) == (2, 3)
+    assert denied["api"]["response"]["error"] == "policy_denied"
+    result = audit_verify(proxy, public)
+    assert result.returncode == 0, result.stdout
