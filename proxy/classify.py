@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import json
 import math
 import re
@@ -294,11 +295,18 @@ def scan_text(text: str) -> list[Span]:
     _emails(found, text)
     _pass(found, text, _IBAN, lambda v: IBAN if _iban(v) else None)
     _digit_anchored(found, text)
+    # Keep the first family's claim on any overlapping text. Kept spans never
+    # overlap, so sorted by start they are sorted by end too: one bisect finds the
+    # only neighbour a new span could overlap (linear, not quadratic, in findings).
     spans: list[Span] = []
-    for span in found:  # keep the first family's claim on any overlapping text
-        if all(span.end <= s.start or span.start >= s.end for s in spans):
-            spans.append(span)
-    return sorted(spans, key=lambda s: s.start)
+    starts: list[int] = []
+    for span in found:
+        at = bisect.bisect_left(starts, span.end)
+        if at and spans[at - 1].end > span.start:
+            continue
+        spans.insert(at, span)
+        starts.insert(at, span.start)
+    return spans
 
 
 def _search(pattern: re.Pattern[str], text: str, position: int) -> re.Match[str] | None:
