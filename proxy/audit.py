@@ -139,10 +139,6 @@ class AuditLog:
         line, head = seal(record, self._head)
         return (line,), {"head": head}
 
-    @property
-    def head(self) -> ChainHead:
-        return self._head
-
     def write(self, event: str, **fields: Any) -> None:
         started = time.perf_counter()
         try:

@@ -28,8 +28,6 @@ from typing import Protocol
 
 
 class AuditSink(Protocol):
-    name: str
-
     def write(self, line: bytes) -> None: ...
 
     def sync(self) -> None: ...
@@ -45,7 +43,6 @@ class AuditSink(Protocol):
 
 class FileSink:
     def __init__(self, path: Path, *, max_bytes: int = 0, max_age_s: float = 0) -> None:
-        self.name = str(path)
         self._path = path
         self._max_bytes = max_bytes
         self._max_age_s = max_age_s
@@ -154,7 +151,6 @@ class StdoutSink:
     """Lines to standard output (a container log driver or a pipe to a shipper)."""
 
     def __init__(self) -> None:
-        self.name = "-"
         self._closed = False
 
     def write(self, line: bytes) -> None:

@@ -74,20 +74,6 @@ JWT = "jwt"
 HIGH_ENTROPY_TOKEN = "high_entropy_token"
 BINARY_CONTENT = "binary_content"
 SCAN_INCOMPLETE = "scan_incomplete"
-KINDS = (
-    EMAIL,
-    PHONE,
-    US_SSN,
-    PAYMENT_CARD,
-    IBAN,
-    AWS_ACCESS_KEY_ID,
-    AWS_SECRET_KEY,
-    PRIVATE_KEY,
-    JWT,
-    HIGH_ENTROPY_TOKEN,
-    BINARY_CONTENT,
-    SCAN_INCOMPLETE,
-)
 
 # The shipped policy's map (policies/bedrock/data.json finding_levels); used
 # only when the policy publishes no classification document at all.
@@ -456,14 +442,6 @@ def _token_kind(value: str) -> str | None:
 
 
 # --- walking the body ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Text:
-    """One text the model would see; ``binary`` texts are reported, never scanned."""
-
-    value: str
-    binary: bool
 
 
 def is_blob(value: str) -> bool:

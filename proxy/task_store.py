@@ -244,10 +244,6 @@ class RedisTaskStore:
                 raws = await pipe.execute()
         return [task for task in map(_task_or_none, raws) if task is not None]
 
-    async def ping(self) -> None:
-        async with _guard("ping"):
-            await self._redis.ping()
-
     async def close(self) -> None:
         await self._redis.aclose()
 

@@ -43,7 +43,6 @@ MAX_CALLS_LIMIT = 1_000_000
 MAX_PURPOSE_CHARS = 256
 MAX_LIST_ITEMS = 32
 MAX_ITEM_CHARS = 2048
-END_REASONS = ("deleted", "expired", "max_calls", "revoked")
 TASK_ID_PREFIX = "task-"
 _FIELDS = {"purpose", "ttl_seconds", "max_calls", "models", "classification", "tools"}
 _REQUIRED = ("purpose", "ttl_seconds", "max_calls")
@@ -94,9 +93,6 @@ class Task:
         if self.ended_reason is not None:
             return "ended"
         return "expired" if now >= self.expires_at else "open"
-
-    def remaining_seconds(self, now: datetime) -> int:
-        return max(0, int((self.expires_at - now).total_seconds()))
 
     def with_call(self, call: CallRecord, now: datetime) -> Task:
         """The task after one more call; ends it with ``max_calls`` when that was the last."""

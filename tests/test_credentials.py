@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from moto.sts.models import sts_backends
 
+from proxy import devstack
 from proxy.credentials import (
     MAX_TAGS,
     NAME_MAX_CHARS,
@@ -424,13 +424,6 @@ def broker(sts: StsHarness, clock: Clock, executor: ThreadPoolExecutor) -> Crede
     return CredentialBroker(sts.client, clock=clock, executor=executor)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_assume_role_parameters_reach_sts(broker: CredentialBroker, sts: StsHarness) -> None:
     scope = make_scope()
     creds = await broker.credentials_for(scope)
@@ -567,7 +560,7 @@ async def test_drop_task_while_in_flight(broker: CredentialBroker, sts: StsHarne
 async def test_sts_unreachable_fails_closed_and_is_not_cached(
     aws_env: None, clock: Clock, executor: ThreadPoolExecutor
 ) -> None:
-    harness = _harness(f"http://127.0.0.1:{_closed_port()}")
+    harness = _harness(f"http://127.0.0.1:{devstack.free_port()}")
     try:
         broker = CredentialBroker(harness.client, clock=clock, executor=executor)
         scope = make_scope()

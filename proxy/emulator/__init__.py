@@ -56,7 +56,6 @@ class Emulator:
     ) -> None:
         self._runner = runner
         self._sts = sts
-        self.state = state
         self.bedrock_url = bedrock_url
         self.sts_url = sts_url
         self.bedrock_tls_url = bedrock_tls_url

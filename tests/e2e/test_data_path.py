@@ -16,6 +16,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
+from proxy import devstack
 from tests.conftest import BATCH, CHAT, HAIKU, Emulator, ProxyHandle
 
 ANTHROPIC_BODY = json.dumps(
@@ -32,21 +33,6 @@ PROFILE_ARN = (
 MESSAGES = [{"role": "user", "content": [{"text": "hello"}]}]
 
 
-def records_of(proxy: ProxyHandle, response: dict[str, Any]) -> list[dict[str, Any]]:
-    return proxy.request_of(response["ResponseMetadata"]["RequestId"])
-
-
-def wait_for_terminal(proxy: ProxyHandle, request_id: str, timeout: float = 10) -> list[dict]:
-    """Terminal records of streams are written when the stream ends, just after the client."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = proxy.request_of(request_id)
-        if any(r["event"] in ("completed", "denied") for r in records):
-            return records
-        time.sleep(0.05)
-    raise AssertionError(f"no terminal audit record for {request_id}")
-
-
 def test_invoke_model_allowed_and_audited(proxy: ProxyHandle, emulator: Emulator) -> None:
     response = proxy.client().invoke_model(modelId=HAIKU, body=ANTHROPIC_BODY)
     answer = json.loads(response["body"].read())
@@ -54,7 +40,7 @@ def test_invoke_model_allowed_and_audited(proxy: ProxyHandle, emulator: Emulator
 
     [seen] = emulator.requests()
     assert seen["verified"] is True
-    records = wait_for_terminal(proxy, response["ResponseMetadata"]["RequestId"])
+    records = proxy.request_of(response["ResponseMetadata"]["RequestId"])
     assert [r["event"] for r in records] == ["authorized", "completed"]
     authorized, completed = records
     assert authorized["spiffe_id"] == CHAT
@@ -77,7 +63,7 @@ def seen_source_identity(emulator: Emulator) -> str:
 def test_converse_allowed(proxy: ProxyHandle, emulator: Emulator) -> None:
     response = proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
     assert response["output"]["message"]["role"] == "assistant"
-    completed = wait_for_terminal(proxy, response["ResponseMetadata"]["RequestId"])[-1]
+    completed = proxy.request_of(response["ResponseMetadata"]["RequestId"])[-1]
     assert completed["outcome"] == "ok"
     assert completed["stop_reason"] == response["stopReason"]
     assert completed["usage"]["input_tokens"] == response["usage"]["inputTokens"]
@@ -98,7 +84,7 @@ def test_converse_stream_arrives_while_emulator_still_sends(
     [seen] = emulator.requests()
     assert seen["outcome"] == "completed"
     assert first_event_at is not None and first_event_at < seen["last_frame_at"]
-    completed = wait_for_terminal(proxy, response["ResponseMetadata"]["RequestId"])[-1]
+    completed = proxy.request_of(response["ResponseMetadata"]["RequestId"])[-1]
     assert completed["outcome"] == "ok"
     assert completed["tool_calls"] == ["lookup"]
     assert completed["stop_reason"] == "tool_use"
@@ -115,7 +101,7 @@ def test_invoke_with_response_stream_streams(proxy: ProxyHandle, emulator: Emula
     [seen] = emulator.requests()
     assert chunks == seen["frames_sent"]
     assert first_event_at is not None and first_event_at < seen["last_frame_at"]
-    completed = wait_for_terminal(proxy, response["ResponseMetadata"]["RequestId"])[-1]
+    completed = proxy.request_of(response["ResponseMetadata"]["RequestId"])[-1]
     assert completed["usage"]["output_tokens"] is not None
     assert completed["outcome"] == "ok"
 
@@ -319,7 +305,7 @@ def test_upstream_throttling_passes_through(proxy: ProxyHandle, emulator: Emulat
         proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
     assert raised.value.response["Error"]["Code"] == "ThrottlingException"
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
-    records = wait_for_terminal(proxy, raised.value.response["ResponseMetadata"]["RequestId"])
+    records = proxy.request_of(raised.value.response["ResponseMetadata"]["RequestId"])
     assert records[-1]["upstream_status"] == 429
 
 
@@ -333,7 +319,7 @@ def test_upstream_5xx_passes_through_unchanged(proxy: ProxyHandle, emulator: Emu
     )
     assert status == 503 and headers["x-amzn-ErrorType"].startswith("ServiceUnavailableException")
     assert b"message" in raw  # Bedrock's own error body, not one of the proxy's
-    completed = wait_for_terminal(proxy, headers["x-amzn-RequestId"])[-1]
+    completed = proxy.request_of(headers["x-amzn-RequestId"])[-1]
     assert (completed["upstream_status"], completed["outcome"]) == (503, "upstream_error")
     assert completed["bytes_out"] == len(raw)
 
@@ -364,7 +350,7 @@ def test_upstream_reset_mid_stream_cuts_the_client_and_is_audited(
             response.read()
     finally:
         connection.close()
-    completed = wait_for_terminal(proxy, request_id)[-1]
+    completed = proxy.request_of(request_id)[-1]
     assert completed["outcome"] == "upstream_error"
     assert "closed the response early" in completed["error"]["message"]
     [seen] = emulator.requests()
@@ -374,7 +360,7 @@ def test_upstream_reset_mid_stream_cuts_the_client_and_is_audited(
 def test_unreachable_upstream_is_a_502_after_the_write_ahead_record(
     proxy_factory: Any, opa_url: str, emulator: Emulator
 ) -> None:
-    closed = {**emulator.info, "bedrock_url": f"https://127.0.0.1:{_closed_port()}"}
+    closed = {**emulator.info, "bedrock_url": f"https://127.0.0.1:{devstack.free_port()}"}
     proxy = proxy_factory(opa_url, upstream=closed)
     with pytest.raises(ClientError) as raised:
         proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
@@ -384,13 +370,6 @@ def test_unreachable_upstream_is_a_502_after_the_write_ahead_record(
     records = proxy.request_of(error["ResponseMetadata"]["RequestId"])
     assert [r["event"] for r in records] == ["authorized", "completed"]
     assert records[-1]["outcome"] == "upstream_error"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_exception_frame_mid_stream_is_relayed_and_audited(
@@ -411,7 +390,7 @@ def test_exception_frame_mid_stream_is_relayed_and_audited(
     assert len(frames) == seen["frames_sent"] + 1  # the events, then the exception
     assert seen["stream_sha256"] == hashlib.sha256(raw).hexdigest()  # relayed byte-exact
     request_id = headers["x-amzn-RequestId"]
-    completed = wait_for_terminal(proxy, request_id)[-1]
+    completed = proxy.request_of(request_id)[-1]
     assert completed["stream_exception"] == "throttlingException"
     assert completed["bytes_out"] == len(raw)
     assert completed["outcome"] == "upstream_error"
@@ -438,7 +417,7 @@ def test_client_disconnect_mid_stream_aborts_upstream(
     assert response.read1(64)
     connection.sock.shutdown(socket.SHUT_RDWR)
     connection.close()
-    completed = wait_for_terminal(proxy, request_id)[-1]
+    completed = proxy.request_of(request_id)[-1]
     assert completed["event"] == "completed"
     assert completed["outcome"] == "client_aborted"
     deadline = time.monotonic() + 10
