@@ -184,7 +184,7 @@ def _admin_status(inner: Handler) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request[CONTEXT]
-        await request.app[DATA_APP][TASK_API].admin_status(request, ctx)
+        await request.app[TASK_API].admin_status(request, ctx)
         response = await inner(request)
         ctx.authorized, ctx.outcome = True, "ok"
         return response
@@ -196,12 +196,10 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _task_handler(name: str, *, admin: bool = False) -> Handler:
+def _task_handler(name: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        # Admin routes share the data app's components (one task store, one broker).
-        api = request.app[DATA_APP][TASK_API] if admin else request.app[TASK_API]
         method: Callable[[web.Request, RequestContext], Awaitable[web.StreamResponse]] = getattr(
-            api, name
+            request.app[TASK_API], name
         )
         return await method(request, request[CONTEXT])
 
@@ -220,13 +218,15 @@ def build_admin_app(data_app: web.Application) -> web.Application:
     app[METRICS] = data_app[METRICS]
     app.router.add_get("/healthz", _admin_status(_health))
     app.router.add_get("/metrics", _admin_status(data_app[METRICS].handle))
-    app.router.add_get("/admin/tasks", _task_handler("admin_list", admin=True))
-    app.router.add_post("/admin/tasks/{task_id}/revoke", _task_handler("admin_revoke", admin=True))
-    app.cleanup_ctx.append(_share_audit)
+    app.router.add_get("/admin/tasks", _task_handler("admin_list"))
+    app.router.add_post("/admin/tasks/{task_id}/revoke", _task_handler("admin_revoke"))
+    app.cleanup_ctx.append(_share_components)
     return app
 
 
-async def _share_audit(app: web.Application) -> AsyncIterator[None]:
-    # The data app is set up first (server.py), so its audit log exists here.
+async def _share_components(app: web.Application) -> AsyncIterator[None]:
+    # The data app is set up first (server.py), so its components exist here:
+    # one audit log, one task store and broker behind both listeners.
     app[AUDIT] = app[DATA_APP][AUDIT]
+    app[TASK_API] = app[DATA_APP][TASK_API]
     yield

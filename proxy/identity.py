@@ -372,6 +372,15 @@ class VerifiedIdentities:
         self._capacity = capacity
         self._verified: dict[tuple[bytes, tuple[bytes, ...]], WorkloadIdentity] = {}
 
+    def of_connection(self, transport: Any, now: datetime) -> WorkloadIdentity:
+        """The verified identity behind a request's TLS connection (the one place both
+        the data plane and the task API read it)."""
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is None:
+            raise IdentityMissing("A client certificate (X.509-SVID) over TLS is required")
+        leaf, intermediates = peer_certificates(ssl_object)
+        return self.identify(leaf, now, intermediates)
+
     def identify(
         self, der_leaf: bytes | None, now: datetime, intermediates: Sequence[bytes] = ()
     ) -> WorkloadIdentity:

@@ -24,7 +24,6 @@ without the safeguard the policy asked for.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from proxy.decision import Obligations
@@ -58,22 +57,32 @@ def apply_obligations(
     headers: dict[str, str],
     body: bytes,
     obligations: Obligations,
+    document: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], bytes]:
+    """``document``: the body already parsed (the pipeline's), which is then edited
+    in place rather than parsed again; None parses ``body`` when an edit needs it."""
     needs_body_change = obligations.guardrail is not None or obligations.max_output_tokens
     if not needs_body_change or route.operation in _MOOT:
         return headers, body
     if route.operation in _CONVERSE:
-        return headers, _edit_json(body, lambda doc: _converse(doc, obligations))
+        converse = document if document is not None else _json_object(body)
+        _converse(converse, obligations)
+        return headers, _dumps(converse)
     if route.operation in _INVOKE:
         headers = dict(headers)
+        # InvokeModel bodies are provider blobs: JSON only where an edit needs it.
+        doc = document if document is not None else _json_object_or_none(body)
+        edited = False
         if obligations.guardrail is not None:
             headers["x-amzn-bedrock-guardrailidentifier"] = obligations.guardrail.identifier
             headers["x-amzn-bedrock-guardrailversion"] = obligations.guardrail.version
-            body = _without_guardrail_narrowing(body)
+            _refuse_input_tags(doc, body)
+            edited = doc is not None and doc.pop(_GUARDRAIL_FIELD, None) is not None
         if obligations.max_output_tokens:
-            cap = obligations.max_output_tokens
-            body = _edit_json(body, lambda doc: _invoke_model(doc, model, cap))
-        return headers, body
+            doc = doc if doc is not None else _json_object(body)
+            _invoke_model(doc, model, obligations.max_output_tokens)
+            edited = True
+        return headers, _dumps(doc) if edited and doc is not None else body
     raise ObligationUnenforceable(
         f"Policy obligation cannot be enforced: {route.operation} cannot carry a "
         "guardrail or an output-token cap through this proxy"
@@ -116,25 +125,17 @@ def _unguarded(block: object, *, image_ok: bool) -> object:
     )
 
 
-def _without_guardrail_narrowing(body: bytes) -> bytes:
-    """An InvokeModel body without the caller's guardrail settings; tagged input is refused."""
-    try:
-        doc = parse_json(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        doc = None
+def _refuse_input_tags(doc: dict[str, Any] | None, body: bytes) -> None:
+    """Tagged input would leave the rest of the prompt unchecked by the guardrail."""
     # Searched in the decoded document (re-encoded: the tag is ASCII, so it shows
     # unescaped), so that a JSON escape cannot hide a tag.
-    text = json.dumps(doc) if isinstance(doc, dict) else body.decode("utf-8", "replace")
+    text = json.dumps(doc) if doc is not None else body.decode("utf-8", "replace")
     if _INPUT_TAG in text.lower():
         raise ObligationUnenforceable(
             "Policy obligation cannot be enforced: input tags (amazon-bedrock-guardrails-"
             "guardContent) would limit what the policy's guardrail reads; send the prompt "
             "without them"
         )
-    if not isinstance(doc, dict) or _GUARDRAIL_FIELD not in doc:
-        return body
-    del doc[_GUARDRAIL_FIELD]
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _invoke_model(doc: dict[str, Any], model: ModelRef | None, cap: int) -> None:
@@ -161,14 +162,24 @@ def _capped(current: object, cap: int) -> int:
     return cap
 
 
-def _edit_json(body: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = parse_json(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRequest("The request body is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise InvalidRequest("The request body must be a JSON object")
-    edit(doc)
+    return doc
+
+
+def _json_object_or_none(body: bytes) -> dict[str, Any] | None:
+    try:
+        return _json_object(body)
+    except InvalidRequest:
+        return None
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

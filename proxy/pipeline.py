@@ -36,12 +36,11 @@ from proxy.credentials import CredentialBroker, CredentialScope
 from proxy.decision import AsyncOutput, Guardrail, OpaDecider, PolicyQuery, build_opa_input
 from proxy.errors import (
     BodyTooLarge,
-    IdentityMissing,
     InvalidRequest,
     PolicyDenied,
     TaskRefused,
 )
-from proxy.identity import VerifiedIdentities, peer_certificates
+from proxy.identity import VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.models import ModelRef, parse_model_id
 from proxy.obligations import apply_obligations, prompt_capture
@@ -74,8 +73,7 @@ class DataPlane:
     classifier: Classifier = field(default_factory=lambda: Classifier(None))
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        leaf, intermediates = _peer_certificates(request)
-        ctx.identity = self.identities.identify(leaf, self.clock(), intermediates)
+        ctx.identity = self.identities.of_connection(request.transport, self.clock())
         route = ctx.route = parse_route(request.method, request.raw_path)
         body = await _read_body(request, self.settings.max_body_bytes)
         ctx.bytes_in = len(body)
@@ -144,6 +142,9 @@ class DataPlane:
             forwardable_headers(request.headers.items()),
             body,
             obligations,
+            # Edited in place, not read again here; an empty body reads as {} for the
+            # policy but is no JSON object to edit.
+            document if body else None,
         )
         keep_hash, ctx.prompt_captured = await offload_if_large(
             len(body), prompt_capture, obligations.audit_capture, route.operation, body
@@ -203,14 +204,6 @@ class DataPlane:
         if self.tasks is None:
             raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
         return await self.tasks.for_call(task_id, spiffe_id)
-
-
-def _peer_certificates(request: web.Request) -> tuple[bytes | None, list[bytes]]:
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport else None
-    if ssl_object is None:
-        raise IdentityMissing("A client certificate (X.509-SVID) over TLS is required")
-    return peer_certificates(ssl_object)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

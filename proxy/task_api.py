@@ -51,13 +51,12 @@ from proxy.context import RequestContext
 from proxy.credentials import CredentialBroker
 from proxy.decision import Decision, OpaDecider, PolicyQuery, build_opa_input
 from proxy.errors import (
-    IdentityMissing,
     InvalidRequest,
     PolicyDenied,
     ProxyError,
     TaskRefused,
 )
-from proxy.identity import VerifiedIdentities, WorkloadIdentity, peer_certificates
+from proxy.identity import VerifiedIdentities, WorkloadIdentity
 from proxy.operations import Route
 from proxy.policy_revision import PolicyRevision
 from proxy.region import resolve_region
@@ -236,13 +235,8 @@ class TaskApi:
     def _identify(
         self, request: web.Request, ctx: RequestContext, operation: str
     ) -> WorkloadIdentity:
-        transport = request.transport
-        ssl_object = transport.get_extra_info("ssl_object") if transport else None
-        if ssl_object is None:
-            raise IdentityMissing("A client certificate (X.509-SVID) over TLS is required")
-        leaf, intermediates = peer_certificates(ssl_object)
         ctx.route = task_route(operation, request.method, request.path)
-        ctx.identity = self.identities.identify(leaf, self.service.clock(), intermediates)
+        ctx.identity = self.identities.of_connection(request.transport, self.service.clock())
         ctx.region = resolve_region(
             request.headers.get("Host"),
             request.headers.get("Authorization"),
