@@ -76,13 +76,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ctx.outcome = "internal_error"
         return error_response(ctx.error, ctx.request_id)
     finally:
-        _write_terminal(request.app[AUDIT], ctx, request.app.get(METRICS))
+        _write_terminal(request.app[AUDIT], ctx, request.app[METRICS])
 
 
-def _write_terminal(audit: AuditLog, ctx: RequestContext, metrics: Metrics | None) -> None:
+def _write_terminal(audit: AuditLog, ctx: RequestContext, metrics: Metrics) -> None:
     event, fields = terminal_record(ctx)
-    if metrics is not None:
-        metrics.observe_terminal(fields)
+    metrics.observe_terminal(fields)
     try:
         audit.write(event, **fields)
     except AuditUnavailable:

@@ -22,7 +22,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,6 @@ from proxy.errors import (
     BodyTooLarge,
     InvalidRequest,
     PolicyDenied,
-    TaskRefused,
 )
 from proxy.identity import VerifiedIdentities
 from proxy.metrics import Metrics
@@ -65,12 +64,10 @@ class DataPlane:
     broker: CredentialBroker
     upstream: Upstream
     audit: AuditLog
+    tasks: TaskService
+    metrics: Metrics
+    classifier: Classifier
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    # None: no task store, so any X-Task-Id is refused as unknown.
-    tasks: TaskService | None = None
-    metrics: Metrics | None = None
-    # Default: the built-in finding levels, no policy data.
-    classifier: Classifier = field(default_factory=lambda: Classifier(None))
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         ctx.identity = self.identities.of_connection(request.transport, self.clock())
@@ -116,14 +113,13 @@ class DataPlane:
                 )
             )
         )
-        if self.metrics is not None:
-            self.metrics.decision_seconds.observe(time.monotonic() - decide_started)
+        self.metrics.decision_seconds.observe(time.monotonic() - decide_started)
         if not decision.allow or decision.obligations is None:
             raise PolicyDenied(
                 f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
             )
         obligations = decision.obligations
-        if task is not None and self.tasks is not None:
+        if task is not None:
             # Atomic check-and-count: concurrent calls cannot overrun max_calls.
             task = await self.tasks.record_call(
                 task,
@@ -179,7 +175,7 @@ class DataPlane:
             credentials=ctx.credentials,
             region=ctx.region,
         )
-        if task is not None and task.ended_reason is not None and self.tasks is not None:
+        if task is not None and task.ended_reason is not None:
             # This was the task's last call: it is signed, so its credentials can go now.
             self.tasks.release(task)
         # Write-ahead: durable (per the fsync policy) before a byte goes upstream.
@@ -193,16 +189,13 @@ class DataPlane:
                 request, ctx, method=route.method, url=url, headers=signed, body=body
             )
         finally:
-            if self.metrics is not None:
-                self.metrics.upstream_seconds.labels(route.operation).observe(
-                    time.monotonic() - relay_started
-                )
+            self.metrics.upstream_seconds.labels(route.operation).observe(
+                time.monotonic() - relay_started
+            )
 
     async def _task(self, task_id: str | None, spiffe_id: str) -> Task | None:
         if task_id is None:
             return None
-        if self.tasks is None:
-            raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
         return await self.tasks.for_call(task_id, spiffe_id)
 
 
