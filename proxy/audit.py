@@ -144,9 +144,7 @@ class AuditLog:
         try:
             if self._closed:
                 raise ValueError("the audit log is closed")
-            if self._sink.rotation_due():
-                self._checkpoint("rotation")
-                self._sink.rotate()
+            self._rotate_if_due()
             self._logger.info(event, **fields)
             self._since_checkpoint += 1
             if self._checkpoint_every and self._since_checkpoint >= self._checkpoint_every:
@@ -156,6 +154,12 @@ class AuditLog:
         finally:
             if self._observe_write is not None:
                 self._observe_write(time.perf_counter() - started)
+
+    def _rotate_if_due(self) -> None:
+        # The old file ends with a checkpoint, so each file verifies up to its end.
+        if self._sink.rotation_due():
+            self._checkpoint("rotation")
+            self._sink.rotate()
 
     async def write_ahead(self, event: str, **fields: Any) -> None:
         """Write and return once the record is durable; AuditUnavailable otherwise."""
@@ -221,9 +225,8 @@ class AuditLog:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if self._sink.rotation_due() and not self._closed:
-                    self._checkpoint("rotation")
-                    self._sink.rotate()
+                if not self._closed:
+                    self._rotate_if_due()
                 self.checkpoint("time")
             except (OSError, ValueError, AuditUnavailable):
                 structlog.get_logger("bedrock_proxy").error("audit checkpoint failed")

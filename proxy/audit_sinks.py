@@ -87,10 +87,7 @@ class FileSink:
 
     def _write_all(self, data: bytes) -> None:
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        _write_fully(self._fd, data)
         self._size += len(data)
 
     def write(self, line: bytes) -> None:
@@ -156,10 +153,7 @@ class StdoutSink:
     def write(self, line: bytes) -> None:
         if self._closed:
             raise ValueError("the audit sink is closed")
-        data = memoryview(line + b"\n")
-        fd = sys.stdout.fileno()
-        while data:
-            data = data[os.write(fd, data) :]
+        _write_fully(sys.stdout.fileno(), line + b"\n")
 
     def sync(self) -> None:
         if self._closed:
@@ -176,6 +170,13 @@ class StdoutSink:
 
     def close(self) -> None:
         self._closed = True
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    # os.write may write less than asked (a pipe, a signal): loop until all is out.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def worker_path(path: Path, worker: int) -> Path:

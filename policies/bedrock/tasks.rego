@@ -129,7 +129,8 @@ deny contains msg if {
 
 deny contains msg if {
 	in_task
-	some tool in object.get(object.get(lib.doc, "request", {}), "tools", [])
+	is_array(tools)
+	some tool in tools
 	not tool in task_list("tools")
 	msg := sprintf("task_tool_not_allowed: tool %v is not on the allowed list of task %v", [tool, task.id])
 }
