@@ -69,6 +69,9 @@ class WorkloadIdentity:
     path: str
     serial: str
     not_after: datetime
+    # The earliest expiry along the verified chain (leaf, intermediates, root): how long
+    # a remembered verification holds. Not part of what policy or audit see.
+    chain_not_after: datetime | None = field(default=None, compare=False)
 
     def to_opa(self) -> dict[str, str]:
         """The ``identity`` object of the OPA input (DESIGN.md section 4, a contract)."""
@@ -197,13 +200,14 @@ def identity_from_peer(
         raise IdentityInvalid(
             f"trust domain {spiffe_id.trust_domain!r} is not accepted by this proxy"
         )
-    _verify_chain(leaf, intermediates, store, now, spiffe_id)
+    chain_not_after = _verify_chain(leaf, intermediates, store, now, spiffe_id)
     return WorkloadIdentity(
         spiffe_id=str(spiffe_id),
         trust_domain=spiffe_id.trust_domain,
         path=spiffe_id.path,
         serial=format(leaf.serial_number, "x"),
         not_after=leaf.not_valid_after_utc,
+        chain_not_after=chain_not_after,
     )
 
 
@@ -265,10 +269,11 @@ def _verify_chain(
     store: Store,
     now: datetime,
     spiffe_id: SpiffeId,
-) -> None:
+) -> datetime:
+    """Verify the chain; the earliest expiry among the certificates it was built from."""
     try:
         untrusted = [x509.load_der_x509_certificate(der) for der in intermediates]
-        (
+        verified = (
             PolicyBuilder()
             .store(store)
             .time(now)
@@ -276,6 +281,7 @@ def _verify_chain(
             .build_client_verifier()
             .verify(leaf, untrusted[:MAX_INTERMEDIATES])
         )
+        return min(c.not_valid_after_utc for c in verified.chain)
     except (VerificationError, ValueError) as exc:
         raise IdentityInvalid(
             f"the SVID for {spiffe_id} does not chain to a CA of trust domain "
@@ -362,7 +368,8 @@ def _rfc3339(moment: datetime) -> str:
 class VerifiedIdentities:
     """Remembers certificates that already verified, so a keep-alive client pays once.
 
-    A hit still re-checks expiry against ``now``; failures are never cached, so a
+    A hit still re-checks expiry against ``now``, of the whole chain (an
+    intermediate may end before the leaf); failures are never cached, so a
     bad certificate is re-examined (and refused) every time. Bounded: the oldest
     entries go first. One instance per TrustBundles: new bundles, new cache.
     """
@@ -386,7 +393,7 @@ class VerifiedIdentities:
     ) -> WorkloadIdentity:
         key = (der_leaf or b"", tuple(intermediates))
         known = self._verified.get(key)
-        if known is not None and now <= known.not_after:
+        if known is not None and now <= (known.chain_not_after or known.not_after):
             return known
         identity = identity_from_peer(der_leaf, self.bundles, now, intermediates=intermediates)
         if len(self._verified) >= self._capacity:

@@ -208,7 +208,9 @@ def server_cert(ca_dir: Path, name: str = "server") -> CertPair:
     return CertPair(*devca.issue_server_cert(ca_dir, name, ["localhost"], ["127.0.0.1"]))
 
 
-def intermediate_ca(root_dir: Path, directory: Path) -> CertPair:
+def intermediate_ca(
+    root_dir: Path, directory: Path, *, not_after: datetime | None = None
+) -> CertPair:
     """An intermediate CA signed by ``root_dir``'s CA, in the devca layout in ``directory``."""
     root = devca.load_ca(root_dir)
     issued = mint(
@@ -218,6 +220,7 @@ def intermediate_ca(root_dir: Path, directory: Path) -> CertPair:
         is_ca=True,
         key_usage=devca.CA_KEY_USAGE,
         extended_key_usage=(),
+        not_after=not_after,
     )
     directory.mkdir(parents=True, exist_ok=True)
     issued.cert.replace(directory / devca.CA_CERT)

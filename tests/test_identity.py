@@ -405,6 +405,19 @@ def test_cache_returns_the_verified_identity_until_it_expires(pki: Pki) -> None:
         cache.identify(good.der(), _now() + timedelta(minutes=11))
 
 
+def test_cache_expires_with_the_earliest_certificate_of_the_chain(pki: Pki) -> None:
+    # The intermediate ends before the leaf: a cached verification must end with it.
+    intermediate = certs.intermediate_ca(
+        pki.a, pki.root / "short-int", not_after=_now() + timedelta(minutes=10)
+    )
+    pair = certs.chained_svid(intermediate.dir, f"spiffe://{TD_A}/short")
+    cache = VerifiedIdentities(pki.bundles)
+    identity = cache.identify(pair.der(), _now(), pair.chain_der())
+    assert identity.not_after > _now() + timedelta(minutes=30)  # the leaf itself is good
+    with pytest.raises(IdentityInvalid, match="does not chain"):
+        cache.identify(pair.der(), _now() + timedelta(minutes=11), pair.chain_der())
+
+
 def test_cache_never_remembers_a_refusal(pki: Pki) -> None:
     cache = VerifiedIdentities(pki.bundles)
     bad = certs.two_uri_sans(pki.a)
