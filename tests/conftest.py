@@ -153,9 +153,11 @@ class ProxyHandle:
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         cert: certs.CertPair | None = None,
+        port: int | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """One request over mTLS with full control of headers (for canaries and limits)."""
-        connection = self.connection(cert or self.pki.svid(CHAT, "raw-client"))
+        """One request over mTLS with full control of headers (for canaries and limits);
+        ``port``: another listener of this proxy (the admin one) instead of the data one."""
+        connection = self.connection(cert or self.pki.svid(CHAT, "raw-client"), port)
         try:
             connection.request(method, path, body=body, headers=dict(headers or {}))
             response = connection.getresponse()
@@ -163,11 +165,36 @@ class ProxyHandle:
         finally:
             connection.close()
 
-    def connection(self, cert: certs.CertPair | None) -> http.client.HTTPSConnection:
+    def connection(
+        self, cert: certs.CertPair | None, port: int | None = None
+    ) -> http.client.HTTPSConnection:
         context = ssl.create_default_context(cafile=str(self.pki.ca_bundle))
         if cert is not None:
             context.load_cert_chain(str(cert.cert), str(cert.key))
-        return http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=30)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", port or self.port, context=context, timeout=30
+        )
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a proxy's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def _open_requests(records: list[dict[str, Any]]) -> set[str]:

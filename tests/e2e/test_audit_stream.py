@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from proxy.audit_chain import generate_key
-from tests.conftest import CHAT, HAIKU, Emulator, ProxyFactory, ProxyHandle
-from tests.e2e.test_workers import children_of
+from tests.conftest import CHAT, HAIKU, Emulator, ProxyFactory, ProxyHandle, children_of, wait_for
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
@@ -53,13 +51,6 @@ def audit_verify(proxy: ProxyHandle, public: Path) -> subprocess.CompletedProces
         timeout=30,
         check=False,
     )
-
-
-def wait_for(predicate: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def stream_in_background(proxy: ProxyHandle) -> tuple[threading.Thread, list[Any]]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
 import re
-import ssl
 from pathlib import Path
 
 import pytest
@@ -19,18 +17,9 @@ ADMIN = "spiffe://example.org/ns/platform/sa/admin"
 
 
 def admin_get(proxy: ProxyHandle, path: str, spiffe_id: str = ADMIN) -> tuple[int, str]:
-    context = ssl.create_default_context(cafile=str(proxy.pki.ca_bundle))
     cert = proxy.pki.svid(spiffe_id, spiffe_id.rsplit("/", 1)[-1] + "-scraper")
-    context.load_cert_chain(str(cert.cert), str(cert.key))
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", proxy.admin_port, context=context, timeout=10
-    )
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    status, _, body = proxy.raw("GET", path, cert=cert, port=proxy.admin_port)
+    return status, body.decode()
 
 
 def scrape(proxy: ProxyHandle) -> str:

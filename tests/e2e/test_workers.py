@@ -11,22 +11,9 @@ import time
 from pathlib import Path
 
 from proxy import devstack
-from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory
+from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory, children_of
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def test_two_workers_serve_and_fail_together(
