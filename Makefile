@@ -42,7 +42,7 @@ policy-test: $(OPA)
 	@$(BIN)/python -c "import json; c=json.load(open('$(CACHE)/opa-coverage.json'))['coverage']; print(f'rego coverage: {c:.1f}%'); raise SystemExit(c < 90)"
 
 lint: deps
-	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff check proxy proxy_dev tests bench
 	$(BIN)/mypy
 
 # The shared task store's tests start a real redis-server (Debian package).
@@ -53,7 +53,7 @@ test: deps opa $(VEGETA) redis policy-test lint
 	$(BIN)/pytest -q
 
 demo: deps opa
-	$(BIN)/python -m proxy.demo --dir demo-stack
+	$(BIN)/python -m proxy_dev.demo --dir demo-stack
 
 # Benchmarks (bench/README.md): starts its own stack, stops by itself, writes bench/results/.
 bench: deps $(OPA) $(VEGETA)

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import load, procstat, report, streams
 from bench.stack import Cores, ProxyVariant, Stack, dump, proxy_supports_workers, start_stack
-from proxy import devstack
+from proxy_dev import devstack
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_VEGETA = devstack.PROJECT_ROOT / ".cache/bin/vegeta"

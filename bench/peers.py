@@ -79,7 +79,7 @@ import boto3
 
 from bench import procstat
 from bench.stack import ROLE_ARN, pinned
-from proxy import devstack
+from proxy_dev import devstack
 
 LITELLM_VERSION = "1.80.0"
 PORTKEY_VERSION = "1.15.2"

@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy import devca, devstack
+from proxy_dev import devca, devstack
 
 CHAT = "spiffe://example.org/ns/demo/sa/chat"
 ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-runtime-demo"
@@ -134,7 +134,7 @@ def start_stack(
         [
             sys.executable,
             "-m",
-            "proxy.emulator",
+            "proxy_dev.emulator",
             "--ready-file",
             str(ready),
             "--frame-delay-ms",

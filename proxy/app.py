@@ -17,20 +17,20 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from proxy.audit import AuditLog, open_audit_log, terminal_record
-from proxy.classify import Classifier, PolicyRules
+from proxy.audit.log import AuditLog, open_audit_log, terminal_record
+from proxy.aws.credentials import CredentialBroker, make_sts_client
 from proxy.config import Settings
 from proxy.context import RequestContext
-from proxy.credentials import CredentialBroker, make_sts_client
-from proxy.decision import OpaDecider
+from proxy.dataplane.pipeline import DataPlane
+from proxy.dataplane.upstream import Upstream
 from proxy.errors import AuditUnavailable, ProxyError, UnknownOperation
-from proxy.identity import TrustBundles, VerifiedIdentities
+from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
-from proxy.pipeline import DataPlane
-from proxy.policy_revision import PolicyRevision
-from proxy.task_api import TaskApi, TaskService, sweeper
-from proxy.task_store import open_store
-from proxy.upstream import Upstream
+from proxy.policy.classify.scan import Classifier, PolicyRules
+from proxy.policy.decision import OpaDecider
+from proxy.policy.revision import PolicyRevision
+from proxy.tasks.api import TaskApi, TaskService, sweeper
+from proxy.tasks.store import open_store
 
 DATA_PLANE = web.AppKey("data_plane", DataPlane)
 TASK_API = web.AppKey("task_api", TaskApi)

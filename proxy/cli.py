@@ -10,15 +10,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import policy_check
 from proxy.errors import ConfigError
+from proxy.policy import check as policy_check
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
         # The emulator owns its flags (and their --help).
-        from proxy.emulator.__main__ import main as emulator_main
+        from proxy_dev.emulator.__main__ import main as emulator_main
 
         result: int = emulator_main(argv[1:])
         return result
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from proxy.audit_cli import run_verify
+    from proxy.audit.cli import run_verify
 
     return run_verify(args.files, public_key=args.public_key, as_json=args.json)
 
@@ -106,7 +106,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _audit_tail(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from proxy.audit_cli import TailFilter, parse_since, run_tail
+    from proxy.audit.cli import TailFilter, parse_since, run_tail
 
     since = parse_since(args.since, datetime.now(UTC)) if args.since else None
     selector = TailFilter(args.identity, args.outcome, args.model, since)
@@ -117,7 +117,7 @@ def _audit_tail(args: argparse.Namespace) -> int:
 
 
 def _audit_keygen(args: argparse.Namespace) -> int:
-    from proxy.audit_cli import run_keygen
+    from proxy.audit.cli import run_keygen
 
     return run_keygen(args.file)
 
@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ca_init(args: argparse.Namespace) -> int:
-    from proxy import devca
+    from proxy_dev import devca
 
     devca.init_ca(args.dir, args.trust_domain, force=args.force)
     print(f"dev CA for {args.trust_domain} written to {args.dir}")
@@ -155,7 +155,7 @@ def _ca_init(args: argparse.Namespace) -> int:
 
 
 def _ca_issue(args: argparse.Namespace) -> int:
-    from proxy import devca
+    from proxy_dev import devca
 
     cert, key = devca.issue_svid(args.dir, args.spiffe_id, args.out, devca.parse_ttl(args.ttl))
     print(f"{cert}\n{key}")
@@ -163,6 +163,6 @@ def _ca_issue(args: argparse.Namespace) -> int:
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    from proxy.devstack import PROJECT_ROOT, dev_up
+    from proxy_dev.devstack import PROJECT_ROOT, dev_up
 
     return dev_up(args.dir, args.policies or PROJECT_ROOT / "policies")

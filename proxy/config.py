@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from proxy.errors import ConfigError
-from proxy.region import is_region
+from proxy.request.region import is_region
 
 
 @dataclass(frozen=True)

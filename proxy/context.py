@@ -10,15 +10,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from proxy.classify import Classification
-from proxy.credentials import CredentialScope, SessionCredentials
-from proxy.decision import Decision
+from proxy.aws.credentials import CredentialScope, SessionCredentials
+from proxy.dataplane.observe import Observation
+from proxy.dataplane.response_capture import ResponseCapture
 from proxy.errors import ProxyError
-from proxy.identity import WorkloadIdentity
-from proxy.models import ModelRef
-from proxy.observe import Observation
-from proxy.operations import Route
-from proxy.response_capture import ResponseCapture
+from proxy.identity.svid import WorkloadIdentity
+from proxy.policy.classify.scan import Classification
+from proxy.policy.decision import Decision
+from proxy.request.models import ModelRef
+from proxy.request.operations import Route
 
 
 @dataclass

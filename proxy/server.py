@@ -27,8 +27,8 @@ from aiohttp import web
 from proxy.app import AUDIT, build_admin_app, build_data_app
 from proxy.config import Listen, Settings
 from proxy.errors import ConfigError
-from proxy.identity import TrustBundles, server_ssl_context
-from proxy.tls_accept import TlsSite
+from proxy.identity.svid import TrustBundles, server_ssl_context
+from proxy.identity.tls_accept import TlsSite
 
 
 def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Mint certificates for tests, good and deliberately bad, with ``proxy.devca``.
+"""Mint certificates for tests, good and deliberately bad, with ``proxy_dev.devca``.
 
 Every helper writes into a directory the test owns (``tmp_path``) and returns a
 ``CertPair(cert, key)`` of paths. CA directories use the ``devca`` layout
@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy import devca
+from proxy_dev import devca
 
 DEFAULT_TRUST_DOMAIN = "example.org"
 DEFAULT_WORKLOAD_PATH = "/workload"

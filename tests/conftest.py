@@ -23,7 +23,7 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from proxy import devstack
+from proxy_dev import devstack
 from tests import certs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from proxy.audit_chain import generate_key
+from proxy.audit.chain import generate_key
 from tests.conftest import CHAT, HAIKU, Emulator, ProxyFactory, ProxyHandle, children_of, wait_for
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]

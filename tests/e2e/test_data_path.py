@@ -16,7 +16,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
-from proxy import devstack
+from proxy_dev import devstack
 from tests.conftest import BATCH, CHAT, HAIKU, Emulator, ProxyHandle
 
 ANTHROPIC_BODY = json.dumps(

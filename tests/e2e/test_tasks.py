@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from proxy import devstack
+from proxy_dev import devstack
 from tests.conftest import CHAT, HAIKU, POLICIES, Emulator, Pki, ProxyHandle
 
 ADMIN = "spiffe://example.org/ns/platform/sa/admin"

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from proxy import devstack
+from proxy_dev import devstack
 from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory, children_of
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]

@@ -1,0 +1,388 @@
+"""The audit stream: one chained JSON object per line, written through structlog.
+
+Field names are a contract (DESIGN.md section 7). ``authorized`` is written
+before a request is forwarded and ``write_ahead`` returns only once it is
+durable under the fsync policy (``always``: fsync per record; ``batch``: the
+request waits for the group fsync of its batch); a failure to write or sync
+refuses the call (AuditUnavailable), so nothing is ever forwarded unaudited.
+Every request ends in exactly one terminal record: ``completed`` once
+authorized, otherwise ``denied``.
+
+Every line is a link of a hash chain with signed checkpoints (``audit_chain``);
+the chain resumes from the last line of the file after a restart and continues
+across rotation. Strings are JSON-escaped with ``ensure_ascii``, so no caller
+controlled value can break a line or smuggle control or bidi characters.
+Secrets, signatures and raw bodies never appear; the prompt is captured only as
+the decision's ``audit_capture`` obligation says. TLS handshake failures are
+recorded per connection, rate-limited so a flood cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from proxy.audit import ocsf
+from proxy.audit.chain import (
+    CHECKPOINT,
+    ChainHead,
+    Signer,
+    head_of,
+    load_signer,
+    parse_line,
+    seal,
+)
+from proxy.audit.sinks import AuditSink, FileSink, StdoutSink, worker_path
+from proxy.config import Settings
+from proxy.context import RequestContext
+from proxy.errors import AuditUnavailable, ConfigError
+from proxy.tasks.model import Task
+
+FsyncPolicy = Literal["always", "batch"]
+Format = Literal["json", "ocsf"]
+
+
+class _SinkLogger:
+    """structlog's output end: the chained line goes to the sink, then the head advances."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+
+    def info(self, line: bytes, head: ChainHead) -> None:
+        self._log._sink.write(line)
+        self._log._head = head
+
+
+class AuditLog:
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        signer: Signer | None = None,
+        fsync: FsyncPolicy = "always",
+        batch_s: float = 0.005,
+        checkpoint_every: int = 1000,
+        record_format: Format = "json",
+        connection_records_per_minute: int = 60,
+        observe_write: Callable[[float], None] | None = None,
+        worker: int = 0,
+    ) -> None:
+        self._sink = sink
+        self._signer = signer
+        self._fsync = fsync
+        self._batch_s = batch_s
+        self._checkpoint_every = checkpoint_every
+        self._format = record_format
+        self._observe_write = observe_write
+        self._since_checkpoint = 0
+        self._batch: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._connection_budget = _Budget(connection_records_per_minute, 60.0)
+        self._logger = structlog.wrap_logger(
+            _SinkLogger(self),
+            processors=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+                self._render,
+            ],
+            cache_logger_on_first_use=True,
+        )
+        self._head, start_event, previous = self._resume()
+        self.write(
+            start_event,
+            worker=worker,
+            pid=os.getpid(),
+            format=record_format,
+            key_id=signer.key_id if signer else None,
+            **previous,
+        )
+
+    def _resume(self) -> tuple[ChainHead, str, dict[str, Any]]:
+        last = self._sink.last_line()
+        if last is None:
+            return ChainHead.new(), "chain_start", {}
+        try:
+            head = head_of(last)
+        except ValueError:
+            return ChainHead.new(), "chain_start", {"previous_unchained": True}
+        if self._key_changed(last):
+            # One chain, one signing key (audit verify holds checkpoints to it): a new
+            # key starts a new chain, which names the head of the one it follows.
+            previous = {"previous_chain": head.chain, "previous_hash": head.hash}
+            return ChainHead.new(), "chain_start", {**previous, "previous_sealed": head.sealed}
+        # previous_sealed false: the last run ended without its shutdown checkpoint (crash).
+        return head, "chain_resumed", {"previous_sealed": head.sealed}
+
+    def _key_changed(self, last_line: bytes) -> bool:
+        """Whether the previous run's last checkpoint was signed by another key than ours."""
+        record = parse_line(last_line).record
+        if record.get("event") != CHECKPOINT:
+            return False  # a crashed run: its key shows only further back; keep the chain
+        return record.get("key_id") != (self._signer.key_id if self._signer else None)
+
+    def _render(self, logger: object, method: str, event_dict: Any) -> Any:
+        record = {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
+        if record["event"] == CHECKPOINT:
+            record.update(
+                self._signer.checkpoint_fields(self._head)
+                if self._signer
+                else {"key_id": None, "public_key": None, "sig": None}
+            )
+        elif self._format == "ocsf":
+            record = ocsf.to_ocsf(record)
+        line, head = seal(record, self._head)
+        return (line,), {"head": head}
+
+    def write(self, event: str, **fields: Any) -> None:
+        started = time.perf_counter()
+        try:
+            if self._closed:
+                raise ValueError("the audit log is closed")
+            self._rotate_if_due()
+            self._logger.info(event, **fields)
+            self._since_checkpoint += 1
+            if self._checkpoint_every and self._since_checkpoint >= self._checkpoint_every:
+                self._checkpoint("count")
+        except (OSError, ValueError) as exc:  # ValueError: closed sink or file
+            raise _unavailable(exc) from exc
+        finally:
+            if self._observe_write is not None:
+                self._observe_write(time.perf_counter() - started)
+
+    def _rotate_if_due(self) -> None:
+        # The old file ends with a checkpoint, so each file verifies up to its end.
+        if self._sink.rotation_due():
+            self._checkpoint("rotation")
+            self._sink.rotate()
+
+    async def write_ahead(self, event: str, **fields: Any) -> None:
+        """Write and return once the record is durable; AuditUnavailable otherwise."""
+        self.write(event, **fields)
+        if self._fsync == "always":
+            await self._sync()
+            return
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = batch = loop.create_future()
+            batch.add_done_callback(_retrieve)
+            loop.call_later(self._batch_s, self._sync_batch, batch)
+        await asyncio.shield(self._batch)
+
+    def _sync_batch(self, batch: asyncio.Future[None]) -> None:
+        self._batch = None  # later writes join the next batch
+        task = asyncio.get_running_loop().create_task(self._sync_into(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sync_into(self, batch: asyncio.Future[None]) -> None:
+        try:
+            await self._sync()
+        except AuditUnavailable as exc:
+            batch.set_exception(exc)
+        else:
+            batch.set_result(None)
+
+    async def _sync(self) -> None:
+        started = time.perf_counter()
+        try:
+            # fsync blocks for milliseconds: never on the event loop.
+            await asyncio.to_thread(self._sink.sync)
+        except (OSError, ValueError) as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            if self._observe_write is not None:
+                self._observe_write(time.perf_counter() - started)
+
+    def connection_failed(self, peer: str | None, reason: str) -> None:
+        """A TLS handshake failure; at most N records a minute, the rest counted."""
+        allowed, suppressed = self._connection_budget.take(time.monotonic())
+        if allowed:
+            try:
+                self.write("connection", peer=peer, reason=reason, suppressed=suppressed)
+            except AuditUnavailable:
+                pass  # no request is waiting on this record; refusals come from write_ahead
+
+    def checkpoint(self, reason: str = "time") -> None:
+        """Sign the chain so far (nothing to do if no record came since the last one)."""
+        if self._since_checkpoint and not self._closed:
+            try:
+                self._checkpoint(reason)
+            except (OSError, ValueError) as exc:
+                raise _unavailable(exc) from exc
+
+    def _checkpoint(self, reason: str, *, final: bool = False) -> None:
+        self._logger.info(CHECKPOINT, reason=reason, final=final, records=self._since_checkpoint)
+        self._since_checkpoint = 0
+
+    async def run_checkpoints(self, interval_s: float) -> None:
+        """Checkpoint every ``interval_s`` (and rotate by age) until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if not self._closed:
+                    self._rotate_if_due()
+                self.checkpoint("time")
+            except (OSError, ValueError, AuditUnavailable):
+                structlog.get_logger("bedrock_proxy").error("audit checkpoint failed")
+
+    def close(self) -> None:
+        """Seal the chain with a final checkpoint, then close the sink."""
+        if self._closed:
+            return
+        try:
+            self._checkpoint("shutdown", final=True)
+        except (OSError, ValueError):
+            structlog.get_logger("bedrock_proxy").error("audit final checkpoint failed")
+        finally:
+            self._closed = True
+            self._sink.close()
+
+
+class _Budget:
+    """A fixed window counter: ``limit`` events per ``window_s``, the excess counted."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self._limit, self._window_s = limit, window_s
+        self._start, self._used, self._suppressed = float("-inf"), 0, 0
+
+    def take(self, now: float) -> tuple[bool, int]:
+        if now - self._start >= self._window_s:
+            self._start, self._used = now, 0
+        if self._used >= self._limit:
+            self._suppressed += 1
+            return False, 0
+        self._used += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return True, suppressed
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # A batch whose waiters were all cancelled must not warn "exception never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+def _unavailable(exc: BaseException) -> AuditUnavailable:
+    return AuditUnavailable(
+        "The audit log cannot be written; the call was not made",
+        detail=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def request_record(ctx: RequestContext) -> dict[str, Any]:
+    """The DESIGN.md section 7 fields known so far for this request."""
+    identity, route, decision, scope = ctx.identity, ctx.route, ctx.decision, ctx.scope
+    observation = ctx.observation
+    credentials = ctx.credentials
+    return {
+        "request_id": ctx.request_id,
+        "decision_id": decision.decision_id if decision else None,
+        "policy_revision": decision.policy_revision if decision else None,
+        "spiffe_id": identity.spiffe_id if identity else None,
+        "owner": decision.owner if decision else None,
+        "task_id": ctx.task_id,
+        "operation": route.operation if route else None,
+        "model_id": ctx.model.id if ctx.model else None,
+        "model_arn": ctx.model.arn if ctx.model else None,
+        "region": ctx.region,
+        "account": ctx.account,
+        "classification": ctx.classification.to_opa() if ctx.classification else None,
+        "decision": {"allow": decision.allow, "reasons": list(decision.reasons)}
+        if decision
+        else None,
+        "obligations": decision.obligations.to_audit()
+        if decision and decision.obligations
+        else None,
+        "role_arn": scope.role_arn if scope else None,
+        "role_session_name": credentials.role_session_name if credentials else None,
+        "source_identity": credentials.source_identity if credentials else None,
+        "assumed_role_arn": credentials.assumed_role_arn if credentials else None,
+        "upstream_status": ctx.upstream_status,
+        "aws_request_id": ctx.aws_request_id,
+        "peer": ctx.peer,
+        "bytes_in": ctx.bytes_in,
+        "bytes_out": ctx.bytes_out,
+        "usage": observation.usage() if observation else None,
+        "tool_calls": list(observation.tool_calls) if observation else [],
+        "stop_reason": observation.stop_reason if observation else None,
+        "stream_exception": observation.exception if observation else None,
+        "prompt": {"sha256": ctx.prompt_sha256, "captured": ctx.prompt_captured}
+        if ctx.prompt_sha256
+        else None,
+        "response": ctx.response_capture.record() if ctx.response_capture else None,
+    }
+
+
+def terminal_record(ctx: RequestContext) -> tuple[str, dict[str, Any]]:
+    fields = request_record(ctx)
+    fields["outcome"] = ctx.outcome
+    fields["latency_ms"] = ctx.elapsed_ms()
+    fields["ttfb_ms"] = ctx.ttfb_ms
+    if ctx.error is not None:
+        fields["error"] = {
+            "code": ctx.error.code,
+            "status": ctx.error.status,
+            "message": ctx.error.message,
+            "detail": ctx.error.detail,
+        }
+    return ("completed" if ctx.authorized else "denied"), fields
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """Fields of ``task_opened`` / ``task_ended`` records (the event adds ``reason``)."""
+    opa = task.to_opa()
+    return {
+        "task_id": task.id,
+        "spiffe_id": task.opened_by,
+        "purpose": task.purpose,
+        "expires_at": opa["expires_at"],
+        "max_calls": task.max_calls,
+        "calls": task.calls,
+        "models_used": opa["models_used"],
+        "classifications_seen": opa["classifications_seen"],
+        "tools_requested": opa["tools_requested"],
+    }
+
+
+def open_audit_log(
+    settings: Settings, *, worker: int = 0, observe_write: Callable[[float], None] | None = None
+) -> AuditLog:
+    """The configured sink and signer; worker n > 0 writes its own file (its own chain)."""
+    options = settings.audit
+    sink: AuditSink
+    try:
+        if settings.audit_path == "-":
+            sink = StdoutSink()
+        else:
+            sink = FileSink(
+                worker_path(Path(settings.audit_path), worker),
+                max_bytes=options.rotate_bytes,
+                max_age_s=options.rotate_seconds,
+            )
+    except OSError as exc:
+        raise ConfigError(
+            f"audit.path {settings.audit_path} cannot be opened for appending: {exc}"
+        ) from exc
+    try:
+        return AuditLog(
+            sink,
+            signer=load_signer(options.signing_key) if options.signing_key else None,
+            fsync="batch" if options.fsync == "batch" else "always",
+            batch_s=options.batch_s,
+            checkpoint_every=options.checkpoint_every,
+            record_format="ocsf" if options.format == "ocsf" else "json",
+            connection_records_per_minute=options.connection_records_per_minute,
+            observe_write=observe_write,
+            worker=worker,
+        )
+    except AuditUnavailable as exc:
+        sink.close()
+        raise ConfigError(
+            f"audit.path {settings.audit_path} cannot be written: {exc.detail}"
+        ) from exc

@@ -1,0 +1,328 @@
+"""The data-plane request pipeline: one call from mTLS identity to streamed answer.
+
+Stages run in a fixed order and each fills the RequestContext:
+
+    identity -> route -> body (bounded) -> region -> model -> classification
+    -> OPA decision -> obligations -> STS credentials -> SigV4 -> audit
+    ``authorized`` -> upstream relay
+
+Every stage either returns or raises a ProxyError; ``errors.middleware`` in
+app.py turns the error into an AWS-shaped answer and writes the terminal audit
+record. The body limit is enforced before OPA or STS is asked, so an oversized
+request costs neither. Nothing is forwarded before ``authorized`` is written.
+
+Every stage whose work grows with the body (parse, hash, classification scan,
+obligations, prompt capture, SigV4) goes through ``offload_if_large``: a large
+body is worked on in a thread, so one 20 MB call does not stall the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from proxy.audit.log import AuditLog, request_record
+from proxy.aws.credentials import CredentialBroker, CredentialScope
+from proxy.aws.signing import forwardable_headers, sign_request
+from proxy.config import Settings
+from proxy.context import RequestContext
+from proxy.dataplane.response_capture import ResponseCapture
+from proxy.dataplane.upstream import Upstream
+from proxy.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    PolicyDenied,
+)
+from proxy.identity.svid import VerifiedIdentities
+from proxy.metrics import Metrics
+from proxy.offload import offload_if_large, parse_json
+from proxy.policy.classify.scan import Classifier
+from proxy.policy.decision import AsyncOutput, Guardrail, OpaDecider, PolicyQuery, build_opa_input
+from proxy.policy.obligations import apply_obligations, prompt_capture
+from proxy.request.models import ModelRef, parse_model_id
+from proxy.request.operations import Route, parse_route
+from proxy.request.region import resolve_region
+from proxy.tasks.api import TaskService
+from proxy.tasks.model import CallRecord, Task
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_JSON_BODY_OPERATIONS = {"Converse", "ConverseStream", "CountTokens", "StartAsyncInvoke"}
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    settings: Settings
+    identities: VerifiedIdentities
+    decider: OpaDecider
+    broker: CredentialBroker
+    upstream: Upstream
+    audit: AuditLog
+    tasks: TaskService
+    metrics: Metrics
+    classifier: Classifier
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+        ctx.identity = self.identities.of_connection(request.transport, self.clock())
+        route = ctx.route = parse_route(request.method, request.raw_path)
+        body = await _read_body(request, self.settings.max_body_bytes)
+        ctx.bytes_in = len(body)
+        ctx.region = resolve_region(
+            request.headers.get("Host"),
+            request.headers.get("Authorization"),
+            self.settings.default_region,
+        )
+        document = await offload_if_large(len(body), _json_document, route, body)
+        ctx.model = _model(route, document, ctx.region, self.settings.default_account)
+        ctx.account = (ctx.model.account if ctx.model else None) or self.settings.default_account
+        ctx.task_id = _task_id(request.headers.get("X-Task-Id"))
+        task = await self._task(ctx.task_id, ctx.identity.spiffe_id)
+        ctx.classification = await self.classifier.classify(
+            request.headers.get("X-Data-Classification"),
+            body,
+            operation=route.operation,
+            spiffe_id=ctx.identity.spiffe_id,
+            document=document,
+        )
+        ctx.prompt_sha256 = await offload_if_large(len(body), _sha256, body)
+        tools = _tool_names(document)
+
+        decide_started = time.monotonic()
+        decision = ctx.decision = await self.decider.decide(
+            build_opa_input(
+                PolicyQuery(
+                    identity=ctx.identity,
+                    route=route,
+                    model=ctx.model,
+                    region=ctx.region,
+                    account=ctx.account,
+                    body_bytes=len(body),
+                    tools=tools,
+                    guardrail=_requested_guardrail(route, request, document),
+                    classification=ctx.classification,
+                    now=self.clock(),
+                    async_output=_async_output(route, document),
+                    task=task,
+                )
+            )
+        )
+        self.metrics.decision_seconds.observe(time.monotonic() - decide_started)
+        if not decision.allow or decision.obligations is None:
+            raise PolicyDenied(
+                f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
+            )
+        obligations = decision.obligations
+        if task is not None:
+            # Atomic check-and-count: concurrent calls cannot overrun max_calls.
+            task = await self.tasks.record_call(
+                task,
+                ctx.identity.spiffe_id,
+                CallRecord(
+                    ctx.model.id if ctx.model else None,
+                    ctx.classification.effective,
+                    tools,
+                ),
+            )
+        headers, body = await offload_if_large(
+            len(body),
+            apply_obligations,
+            route,
+            ctx.model,
+            forwardable_headers(request.headers.items()),
+            body,
+            obligations,
+            # Edited in place, not read again here; an empty body reads as {} for the
+            # policy but is no JSON object to edit.
+            document if body else None,
+        )
+        keep_hash, ctx.prompt_captured = await offload_if_large(
+            len(body), prompt_capture, obligations.audit_capture, route.operation, body
+        )
+        if not keep_hash:
+            ctx.prompt_sha256 = None
+
+        ctx.scope = CredentialScope(
+            role_arn=obligations.role_arn,
+            spiffe_id=ctx.identity.spiffe_id,
+            trust_domain=ctx.identity.trust_domain,
+            workload_path=ctx.identity.path,
+            task_id=ctx.task_id,
+            region=ctx.region,
+            resource_arns=_resource_arns(route, ctx.model, ctx.region, ctx.account),
+            actions=route.iam_actions,
+            classification=ctx.classification.effective,
+            session_seconds=obligations.session_seconds,
+            not_after=task.expires_at if task else None,
+        )
+        ctx.credentials = await self.broker.credentials_for(ctx.scope)
+        url = self.settings.upstream_base(ctx.region) + route.wire_path
+        if route.wire_query:
+            url += "?" + route.wire_query
+        signed = await offload_if_large(
+            len(body),
+            sign_request,
+            method=route.method,
+            url=url,
+            headers=headers,
+            body=body,
+            credentials=ctx.credentials,
+            region=ctx.region,
+        )
+        if task is not None and task.ended_reason is not None:
+            # This was the task's last call: it is signed, so its credentials can go now.
+            self.tasks.release(task)
+        # Write-ahead: durable (per the fsync policy) before a byte goes upstream.
+        await self.audit.write_ahead("authorized", **request_record(ctx))
+        ctx.authorized = True
+        if obligations.audit_capture != "none":
+            ctx.response_capture = ResponseCapture(obligations.audit_capture)
+        relay_started = time.monotonic()
+        try:
+            return await self.upstream.relay(
+                request, ctx, method=route.method, url=url, headers=signed, body=body
+            )
+        finally:
+            self.metrics.upstream_seconds.labels(route.operation).observe(
+                time.monotonic() - relay_started
+            )
+
+    async def _task(self, task_id: str | None, spiffe_id: str) -> Task | None:
+        if task_id is None:
+            return None
+        return await self.tasks.for_call(task_id, spiffe_id)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InvalidRequest(
+            f"Compressed request bodies (Content-Encoding: {encoding[:20]}) are not accepted"
+        )
+    too_large = BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    # Chunked bodies have no length up front: count while reading, stop at the limit.
+    body = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        body.extend(chunk)
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _json_document(route: Route, body: bytes) -> dict[str, Any] | None:
+    """The body as JSON where the operation's body is JSON; InvokeModel bodies are blobs."""
+    if route.operation not in _JSON_BODY_OPERATIONS and not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        document = parse_json(body) if body else {}
+    except RecursionError as exc:
+        # Nothing this deep can be classified or redacted reliably: refuse, whatever the operation.
+        raise InvalidRequest(
+            f"The {route.operation} request body is JSON nested too deeply to be inspected"
+        ) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        if route.operation in _JSON_BODY_OPERATIONS:
+            raise InvalidRequest(f"The {route.operation} request body is not valid JSON") from exc
+        return None
+    if not isinstance(document, dict):
+        if route.operation in _JSON_BODY_OPERATIONS:
+            raise InvalidRequest(f"The {route.operation} request body must be a JSON object")
+        return None
+    return document
+
+
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _model(
+    route: Route, document: dict[str, Any] | None, region: str, account: str | None
+) -> ModelRef | None:
+    model_id = route.model_id
+    if route.operation == "StartAsyncInvoke":
+        model_id = (document or {}).get("modelId")
+        if not isinstance(model_id, str):
+            raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
+    return None if model_id is None else parse_model_id(model_id, region, account)
+
+
+def _async_output(route: Route, document: dict[str, Any] | None) -> AsyncOutput | None:
+    if route.operation != "StartAsyncInvoke":
+        return None
+    config = (document or {}).get("outputDataConfig")
+    s3 = config.get("s3OutputDataConfig") if isinstance(config, dict) else None
+    if not isinstance(s3, dict) or not isinstance(s3.get("s3Uri"), str):
+        raise InvalidRequest("StartAsyncInvoke needs outputDataConfig.s3OutputDataConfig.s3Uri")
+    owner = s3.get("bucketOwner")
+    return AsyncOutput(s3["s3Uri"], owner if isinstance(owner, str) else None)
+
+
+def _task_id(header: str | None) -> str | None:
+    if header is None:
+        return None
+    if not _TASK_ID.match(header):
+        raise InvalidRequest("X-Task-Id must be 1-128 characters of [A-Za-z0-9._:-]")
+    return header
+
+
+def _tool_names(document: dict[str, Any] | None) -> tuple[str, ...]:
+    """Tools the caller declares: Converse ``toolConfig`` or a provider ``tools`` list."""
+    if not document:
+        return ()
+    tools = (
+        document.get("toolConfig", {}).get("tools")
+        if isinstance(document.get("toolConfig"), dict)
+        else document.get("tools")
+    )
+    names: list[str] = []
+    for tool in tools if isinstance(tools, list) else ():
+        spec = tool.get("toolSpec", tool) if isinstance(tool, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            names.append(spec["name"])
+    return tuple(names)
+
+
+def _requested_guardrail(
+    route: Route, request: web.Request, document: dict[str, Any] | None
+) -> Guardrail | None:
+    if route.guardrail is not None:
+        return Guardrail(*route.guardrail)
+    identifier = request.headers.get("X-Amzn-Bedrock-GuardrailIdentifier")
+    version = request.headers.get("X-Amzn-Bedrock-GuardrailVersion", "")
+    config = (document or {}).get("guardrailConfig")
+    if identifier is None and isinstance(config, dict):
+        identifier = config.get("guardrailIdentifier")
+        version = str(config.get("guardrailVersion", ""))
+    return Guardrail(identifier, version) if isinstance(identifier, str) else None
+
+
+def _resource_arns(
+    route: Route, model: ModelRef | None, region: str, account: str | None
+) -> tuple[str, ...]:
+    """The ARNs the STS session may touch: the model (and a profile's models) only."""
+    if model is not None:
+        arns = {model.arn} if model.arn else set()
+        if model.geo is not None and model.foundation_id is not None:
+            # A cross-region profile routes to the model in the regions of its geography.
+            fm_region = "" if model.geo == "global" else "*"
+            arns.add(f"arn:aws:bedrock:{fm_region}::foundation-model/{model.foundation_id}")
+        return tuple(sorted(arns))
+    if route.async_invocation_arn is not None:
+        return (route.async_invocation_arn,)
+    if route.operation == "ListAsyncInvokes":
+        # IAM has no resource-level permission for listing: "*" is the only scope.
+        return ("*",)
+    if route.guardrail is not None:
+        identifier = route.guardrail[0]
+        if identifier.startswith("arn:"):
+            return (identifier,)
+        return (f"arn:aws:bedrock:{region}:{account or '*'}:guardrail/{identifier}",)
+    raise InvalidRequest(f"{route.operation} names no resource the proxy can scope credentials to")

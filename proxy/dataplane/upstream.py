@@ -1,0 +1,131 @@
+"""Send the signed request upstream and stream the answer back as it arrives.
+
+One pooled aiohttp client session per process. The response is relayed chunk
+by chunk through ``web.StreamResponse`` for every operation (never read whole),
+with the observer fed after each write so it cannot delay the bytes. Upstream
+errors pass through unchanged (status, AWS error headers, body). If the client
+goes away, the upstream response is closed at once, which aborts the upstream
+request instead of letting it run on unpaid-for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy.aws.signing import returnable_headers
+from proxy.context import RequestContext
+from proxy.dataplane.observe import ResponseObserver
+from proxy.errors import UpstreamUnavailable
+
+
+class Upstream:
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def relay(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        *,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> web.StreamResponse:
+        assert self._session is not None, "Upstream.start() was not awaited"
+        sent_at = time.monotonic()
+        try:
+            upstream = await self._session.request(
+                method, URL(url, encoded=True), headers=dict(headers), data=body
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                "Bedrock could not be reached", detail=f"{type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            return await self._stream_back(request, ctx, upstream, sent_at)
+        finally:
+            # close(), not release(): an unfinished upstream body must be aborted.
+            upstream.close()
+
+    async def _stream_back(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        sent_at: float,
+    ) -> web.StreamResponse:
+        ctx.upstream_status = upstream.status
+        ctx.aws_request_id = upstream.headers.get("x-amzn-RequestId")
+        observer = ResponseObserver(
+            upstream.headers.get("Content-Type", ""), upstream.headers, ctx.response_capture
+        )
+        ctx.observation = observer.observation
+        response = web.StreamResponse(
+            status=upstream.status, headers=returnable_headers(upstream.headers)
+        )
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit():
+            response.content_length = int(length)
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:
+            ctx.outcome = "client_aborted"
+            return response
+        try:
+            while chunk := await self._read(upstream):
+                if ctx.ttfb_ms is None:
+                    ctx.ttfb_ms = round((time.monotonic() - sent_at) * 1000, 3)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    ctx.outcome = "client_aborted"
+                    return response
+                ctx.bytes_out += len(chunk)
+                observer.feed(chunk)
+            await response.write_eof()
+        except UpstreamUnavailable as exc:
+            # Upstream broke mid-body: nothing AWS-shaped can be sent any more, so
+            # the client connection is cut to make the truncation visible.
+            ctx.outcome, ctx.error = "upstream_error", exc
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        except asyncio.CancelledError:
+            ctx.outcome = "client_aborted"
+            raise
+        finally:
+            observer.finish()
+        failed = upstream.status >= 400 or observer.observation.exception is not None
+        ctx.outcome = "upstream_error" if failed else "ok"
+        return response
+
+    @staticmethod
+    async def _read(upstream: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await upstream.content.readany()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                "Bedrock closed the response early", detail=f"{type(exc).__name__}: {exc}"
+            ) from exc

@@ -1,0 +1,304 @@
+"""The policy decision: build OPA's input, ask OPA, read its answer strictly.
+
+``build_opa_input`` and ``parse_decision`` are pure; ``OpaDecider`` is the thin
+I/O shell around opa-python-client's async client (one pooled aiohttp
+session with keep-alive, a total timeout per query, retries off so the
+timeout is the whole budget).
+
+Fail closed: OPA unreachable, slow, non-200 or not JSON -> PolicyUnavailable
+(503). An answer without a result object is malformed -> PolicyUnavailable.
+A result whose ``allow`` is anything but the boolean ``true`` is a deny. An
+obligation the proxy does not know, or a malformed one, denies the call: it
+is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from opa_client.opa_async import AsyncOpaClient
+
+from proxy.errors import ObligationUnenforceable, PolicyUnavailable
+from proxy.identity.svid import WorkloadIdentity
+from proxy.policy.classify.scan import Classification
+from proxy.policy.revision import PolicyRevision
+from proxy.request.models import ModelRef
+from proxy.request.operations import Route
+from proxy.tasks.model import Task
+
+DECISION_PACKAGE = "bedrock.authz"
+DECISION_RULE = "decision"
+AUDIT_CAPTURE = ("none", "hash", "redacted", "full")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+_ROLE_ARN = re.compile(r"arn:aws(-us-gov|-cn)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+_GUARDRAIL_VERSION = re.compile(r"[1-9][0-9]{0,7}|DRAFT")
+# botocore's GuardrailIdentifier pattern, without the empty string and with the
+# partition suffix narrowed from [^:] to [a-z-]: the value becomes an HTTP header
+# on InvokeModel, so nothing else may pass.
+_GUARDRAIL_ID = re.compile(
+    r"[a-z0-9]+|arn:aws(-[a-z-]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:guardrail/[a-z0-9]+"
+)
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    identifier: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Obligations:
+    role_arn: str
+    session_seconds: int
+    audit_capture: str = "none"
+    guardrail: Guardrail | None = None
+    max_output_tokens: int | None = None
+
+    def to_audit(self) -> dict[str, object]:
+        return {
+            "role_arn": self.role_arn,
+            "session_seconds": self.session_seconds,
+            "audit_capture": self.audit_capture,
+            "guardrail": None
+            if self.guardrail is None
+            else {"identifier": self.guardrail.identifier, "version": self.guardrail.version},
+            "max_output_tokens": self.max_output_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reasons: tuple[str, ...]
+    obligations: Obligations | None
+    decision_id: str
+    policy_revision: str | None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyQuery:
+    """Everything the policy sees about one call."""
+
+    identity: WorkloadIdentity
+    route: Route
+    model: ModelRef | None
+    region: str
+    account: str | None
+    body_bytes: int
+    tools: tuple[str, ...]
+    guardrail: Guardrail | None
+    classification: Classification
+    now: datetime
+    async_output: AsyncOutput | None = None
+    task: Task | None = None
+
+
+@dataclass(frozen=True)
+class AsyncOutput:
+    """Where StartAsyncInvoke would write its results: policy decides if that may leave."""
+
+    s3_uri: str | None
+    bucket_owner: str | None
+
+
+def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
+    """The OPA input document of DESIGN.md section 4 (keys are a contract)."""
+    route = query.route
+    return {
+        "identity": query.identity.to_opa(),
+        "request": {
+            "operation": route.operation,
+            "method": route.method,
+            "path": route.wire_path,
+            "region": query.region,
+            "account": query.account,
+            "model": None if query.model is None else query.model.to_opa(),
+            "body_bytes": query.body_bytes,
+            "tools": list(query.tools),
+            "stream": route.stream,
+            "guardrail": None
+            if query.guardrail is None
+            else {"identifier": query.guardrail.identifier, "version": query.guardrail.version},
+            "async_output": None
+            if query.async_output is None
+            else {
+                "s3_uri": query.async_output.s3_uri,
+                "bucket_owner": query.async_output.bucket_owner,
+            },
+        },
+        "classification": query.classification.to_opa(),
+        "task": None if query.task is None else query.task.to_opa(),
+        "time": query.now.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def parse_decision(
+    answer: object,
+    *,
+    fallback_id: str,
+    revision: str | None = None,
+    obligations_required: bool = True,
+) -> Decision:
+    """Read OPA's ``/v1/data`` answer; anything short of a well-typed allow denies.
+
+    ``obligations_required=False`` is for decisions that assume no AWS role (the
+    admin plane): an allow then carries ``obligations=None``.
+    """
+    if not isinstance(answer, Mapping):
+        raise PolicyUnavailable("The policy service gave no usable answer", detail="not an object")
+    decision_id = _text(answer.get("decision_id")) or fallback_id
+    revision = _revision(answer.get("provenance")) or revision
+    result = answer.get("result")
+    if not isinstance(result, Mapping):
+        raise PolicyUnavailable(
+            "The policy service gave no usable answer",
+            detail=f"decision {decision_id}: result is undefined or not an object",
+        )
+    reasons = tuple(r for r in result.get("reasons") or () if isinstance(r, str))
+    owner = _text(result.get("owner"))
+    if result.get("allow") is not True:
+        if "allow" not in result or not isinstance(result.get("allow"), bool):
+            reasons += ("policy_error: the decision has no boolean 'allow'",)
+        reasons = reasons or ("denied by policy",)
+        return Decision(False, reasons, None, decision_id, revision, owner)
+    if not obligations_required:
+        return Decision(True, reasons, None, decision_id, revision, owner)
+    obligations = parse_obligations(result.get("obligations"), decision_id)
+    return Decision(True, reasons, obligations, decision_id, revision, owner)
+
+
+def parse_obligations(raw: object, decision_id: str) -> Obligations:
+    def refuse(why: str) -> ObligationUnenforceable:
+        return ObligationUnenforceable(
+            f"Policy obligation cannot be enforced: {why} (decision {decision_id})"
+        )
+
+    if not isinstance(raw, Mapping):
+        raise refuse("obligations missing")
+    unknown = set(raw) - {
+        "role_arn",
+        "session_seconds",
+        "audit_capture",
+        "guardrail",
+        "max_output_tokens",
+    }
+    if unknown:
+        raise refuse(f"unknown obligation(s) {sorted(unknown)}")
+    role_arn = raw.get("role_arn")
+    if not isinstance(role_arn, str) or not _ROLE_ARN.fullmatch(role_arn):
+        raise refuse("role_arn is missing or not an IAM role ARN")
+    seconds = raw.get("session_seconds", 900)
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 900 <= seconds <= 43200:
+        raise refuse("session_seconds must be an integer from 900 to 43200")
+    capture = raw.get("audit_capture", "none")
+    if capture not in AUDIT_CAPTURE:
+        raise refuse(f"audit_capture must be one of {', '.join(AUDIT_CAPTURE)}")
+    max_tokens = raw.get("max_output_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise refuse("max_output_tokens must be a positive integer")
+    return Obligations(
+        role_arn=role_arn,
+        session_seconds=seconds,
+        audit_capture=str(capture),
+        guardrail=_guardrail(raw.get("guardrail"), refuse),
+        max_output_tokens=max_tokens,
+    )
+
+
+def _guardrail(raw: object, refuse: Any) -> Guardrail | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise refuse("guardrail must be an object")
+    identifier, version = raw.get("identifier"), raw.get("version")
+    if (
+        not isinstance(identifier, str)
+        or not 0 < len(identifier) <= 2048
+        or not _GUARDRAIL_ID.fullmatch(identifier)
+    ):
+        raise refuse("guardrail.identifier must be a guardrail id or ARN")
+    if not isinstance(version, str) or not _GUARDRAIL_VERSION.fullmatch(version):
+        raise refuse("guardrail.version must be a version number or DRAFT")
+    return Guardrail(identifier, version)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _revision(provenance: object) -> str | None:
+    if not isinstance(provenance, Mapping):
+        return None
+    bundles = provenance.get("bundles")
+    if isinstance(bundles, Mapping) and bundles:
+        return ",".join(
+            f"{name}:{info.get('revision', '')}"
+            for name, info in sorted(bundles.items())
+            if isinstance(info, Mapping)
+        )
+    return _text(provenance.get("revision"))
+
+
+class OpaDecider:
+    """Asks OPA for ``data.bedrock.authz.decision`` under a hard timeout."""
+
+    def __init__(
+        self,
+        opa_url: str,
+        *,
+        timeout_s: float,
+        package: str = DECISION_PACKAGE,
+        revision: PolicyRevision | None = None,
+    ) -> None:
+        # Only the runtime package yields obligations (the admin plane assumes no role).
+        self._package = package
+        # One revision poller per process, shared by every decider asking the same OPA.
+        self._revision = revision
+        parts = urlsplit(opa_url)
+        self._timeout_s = timeout_s
+        self._client = AsyncOpaClient(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            ssl=parts.scheme == "https",
+            retries=0,
+            timeout=timeout_s,
+        )
+
+    async def start(self) -> None:
+        await self._client._init_session()
+
+    async def close(self) -> None:
+        await self._client.close_connection()
+
+    async def decide(self, opa_input: dict[str, Any]) -> Decision:
+        fallback_id = f"proxy-{uuid.uuid4()}"
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await self._client.query_rule(opa_input, self._package, DECISION_RULE)
+        except TimeoutError as exc:
+            raise PolicyUnavailable(
+                "The policy service did not answer in time; the call was not made",
+                detail=f"opa timeout after {self._timeout_s}s",
+            ) from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise PolicyUnavailable(
+                "The policy service is unavailable; the call was not made",
+                detail=f"opa error: {type(exc).__name__}: {exc}",
+            ) from exc
+        return parse_decision(
+            answer,
+            fallback_id=fallback_id,
+            revision=None if self._revision is None else self._revision.current,
+            obligations_required=self._package == DECISION_PACKAGE,
+        )

@@ -1,0 +1,337 @@
+"""The task plane: ``/v1/tasks`` on the data listener, ``/admin/tasks`` on the admin one.
+
+Contract
+--------
+Data plane (mTLS, the caller's SVID, decided by ``data.bedrock.authz.decision``):
+
+* ``POST /v1/tasks`` ``{purpose, ttl_seconds, max_calls, models?, classification?,
+  tools?}`` -> ``201 {task_id, expires_at, ...}``; operation ``OpenTask``. The
+  policy sees the task as it would be (``input.task``). A deny whose reasons
+  are all ``invalid_*`` codes (bounds from policy data) is a 400, any other
+  deny a 403;
+* ``GET /v1/tasks/{id}`` (``GetTask``), ``DELETE /v1/tasks/{id}`` (``EndTask``):
+  only the identity that opened the task; anyone else is told it is unknown.
+
+Admin plane (same TLS context, identity read the same way, decided by
+``data.bedrock.admin.decision``): ``GET /admin/tasks`` (``ListTasks``) and
+``POST /admin/tasks/{id}/revoke`` (``EndTask``, reason ``revoked``).
+
+``TaskService`` ties the store, the credential broker and the audit log: the
+one place a task ends, so that every end (deleted, expired, max_calls,
+revoked) drops the task's credentials at once and writes exactly one
+``task_ended`` record, whichever process noticed it first. ``sweep`` runs
+every ``sweep_interval`` in each process: it ends tasks whose TTL is over and
+drops cached credentials of tasks that ended elsewhere (another replica).
+
+Security reasoning
+------------------
+* Every handler identifies the caller from the verified client certificate
+  before reading the body, and asks policy before acting; no decision, no
+  action (fail closed, like the data path).
+* A task's credentials are dropped when it ends; the refusal itself does not
+  depend on that: every call reads the task state from the store first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from proxy.audit.log import AuditLog, task_record
+from proxy.aws.credentials import CredentialBroker
+from proxy.config import Settings
+from proxy.context import RequestContext
+from proxy.errors import (
+    InvalidRequest,
+    PolicyDenied,
+    ProxyError,
+    TaskRefused,
+)
+from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
+from proxy.policy.classify.scan import classify
+from proxy.policy.decision import Decision, OpaDecider, PolicyQuery, build_opa_input
+from proxy.policy.revision import PolicyRevision
+from proxy.request.operations import Route
+from proxy.request.region import resolve_region
+from proxy.tasks.model import (
+    CallRecord,
+    Task,
+    check_usable,
+    new_task,
+    new_task_id,
+    parse_open_request,
+)
+from proxy.tasks.store import TaskStore
+
+MAX_TASK_BODY_BYTES = 16 * 1024
+LIST_LIMIT = 1000
+_INVALID_PREFIX = "invalid_"
+_log = structlog.get_logger("bedrock_proxy.tasks")
+
+
+@dataclass(frozen=True)
+class TaskService:
+    store: TaskStore
+    broker: CredentialBroker
+    audit: AuditLog
+    clock: Callable[[], datetime]
+    # What OPA had loaded when a task record was written (as on call records).
+    revision: PolicyRevision | None = None
+
+    async def open(self, task: Task, *, request_id: str) -> Task:
+        await self.store.create(task)
+        self._write("task_opened", request_id=request_id, **task_record(task))
+        return task
+
+    def _write(self, event: str, **fields: Any) -> None:
+        revision = self.revision.current if self.revision is not None else None
+        self.audit.write(event, policy_revision=revision, **fields)
+
+    async def for_call(self, task_id: str, spiffe_id: str) -> Task:
+        """The task a call names, if this identity may use it now (else TaskRefused)."""
+        now = self.clock()
+        task = await self.store.get(task_id)
+        if task is not None and task.opened_by == spiffe_id and task.state(now) == "expired":
+            await self.end(task_id, "expired")
+        return check_usable(task, task_id, spiffe_id, now)
+
+    async def record_call(self, task: Task, spiffe_id: str, call: CallRecord) -> Task:
+        """Count an allowed call atomically; the call that reaches max_calls ends the task."""
+        try:
+            after = await self.store.record_call(task.id, spiffe_id, call, self.clock())
+        except TaskRefused:
+            if task.state(self.clock()) == "expired":
+                await self.end(task.id, "expired")
+            raise
+        if after.ended_reason == "max_calls" and after.calls == after.max_calls:
+            self._write("task_ended", reason="max_calls", **task_record(after))
+        return after
+
+    def release(self, task: Task) -> None:
+        """Drop the credentials of a task that ended (call after its last call is signed)."""
+        # In-flight fetches belong to calls already counted within max_calls: let them finish.
+        self.broker.drop_task(task.id, in_flight=False)
+
+    async def end(self, task_id: str, reason: str, *, by: str | None = None) -> Task | None:
+        ended = await self.store.end(task_id, reason, self.clock())
+        # Drop even when another process ended it first: this process may hold its credentials.
+        self.broker.drop_task(task_id)
+        if ended is not None:
+            self._write("task_ended", reason=reason, ended_by=by, **task_record(ended))
+        return ended
+
+    async def sweep(self) -> None:
+        now = self.clock()
+        for task_id in await self.store.due(now):
+            await self.end(task_id, "expired")
+        for task_id in self.broker.task_ids():
+            task = await self.store.get(task_id)
+            if task is None or task.state(now) != "open":
+                self.broker.drop_task(task_id)
+
+    async def run_sweeper(self, interval_s: float) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except ProxyError as exc:
+                # Redis down: calls fail closed on their own; keep trying, and say
+                # so once per outage rather than once per interval.
+                if not failing:
+                    _log.warning("task sweep failing", code=exc.code, detail=exc.detail)
+                failing = True
+            else:
+                if failing:
+                    _log.warning("task sweep recovered")
+                failing = False
+
+
+def task_route(operation: str, method: str, path: str) -> Route:
+    return Route(
+        operation=operation,
+        method=method,
+        stream=False,
+        model_id=None,
+        guardrail=None,
+        async_invocation_arn=None,
+        wire_path=path,
+        wire_query="",
+        iam_actions=(),
+    )
+
+
+@dataclass(frozen=True)
+class TaskApi:
+    settings: Settings
+    identities: VerifiedIdentities
+    decider: OpaDecider
+    admin_decider: OpaDecider
+    service: TaskService
+
+    # --- data plane -----------------------------------------------------------
+
+    async def open_task(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        identity = self._identify(request, ctx, "OpenTask")
+        body = await _read_small_body(request)
+        ctx.bytes_in = len(body)
+        wanted = parse_open_request(body)
+        now = self.service.clock()
+        task = new_task(wanted, identity.spiffe_id, now, new_task_id())
+        ctx.task_id = task.id
+        await self._authorize(request, ctx, identity, task)
+        await self.service.open(task, request_id=ctx.request_id)
+        return self._done(ctx, task.to_json(now), status=201)
+
+    async def get_task(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        identity = self._identify(request, ctx, "GetTask")
+        task = await self._own_task(request, ctx, identity)
+        await self._authorize(request, ctx, identity, task)
+        return self._done(ctx, task.to_json(self.service.clock()))
+
+    async def end_task(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        identity = self._identify(request, ctx, "EndTask")
+        task = await self._own_task(request, ctx, identity)
+        await self._authorize(request, ctx, identity, task)
+        if task.state(self.service.clock()) == "open":
+            await self.service.end(task.id, "deleted", by=identity.spiffe_id)
+        ended = await self.service.store.get(task.id) or task
+        return self._done(ctx, ended.to_json(self.service.clock()))
+
+    # --- admin plane ----------------------------------------------------------
+
+    async def admin_list(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        identity = self._identify(request, ctx, "ListTasks")
+        await self._authorize_admin(request, ctx, identity, None)
+        now = self.service.clock()
+        tasks = await self.service.store.open_tasks(LIST_LIMIT)
+        return self._done(ctx, {"tasks": [task.to_json(now) for task in tasks]})
+
+    async def admin_status(self, request: web.Request, ctx: RequestContext) -> None:
+        """Health and metrics: an admin identity allowed ``GetStatus``, else a refusal."""
+        identity = self._identify(request, ctx, "GetStatus")
+        await self._authorize_admin(request, ctx, identity, None)
+
+    async def admin_revoke(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        identity = self._identify(request, ctx, "EndTask")
+        task_id = ctx.task_id = request.match_info["task_id"]
+        task = await self.service.store.get(task_id)
+        await self._authorize_admin(request, ctx, identity, task)
+        if task is None:
+            raise TaskRefused(f"Task {task_id} is unknown")
+        ended = await self.service.end(task_id, "revoked", by=identity.spiffe_id)
+        current = ended or await self.service.store.get(task_id) or task
+        return self._done(ctx, current.to_json(self.service.clock()))
+
+    # --- shared steps ---------------------------------------------------------
+
+    def _identify(
+        self, request: web.Request, ctx: RequestContext, operation: str
+    ) -> WorkloadIdentity:
+        ctx.route = task_route(operation, request.method, request.path)
+        ctx.identity = self.identities.of_connection(request.transport, self.service.clock())
+        ctx.region = resolve_region(
+            request.headers.get("Host"),
+            request.headers.get("Authorization"),
+            self.settings.default_region,
+        )
+        ctx.account = self.settings.default_account
+        return ctx.identity
+
+    async def _own_task(
+        self, request: web.Request, ctx: RequestContext, identity: WorkloadIdentity
+    ) -> Task:
+        task_id = ctx.task_id = request.match_info["task_id"]
+        task = await self.service.store.get(task_id)
+        if task is None or task.opened_by != identity.spiffe_id:
+            raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
+        return task
+
+    def _query(
+        self, ctx: RequestContext, identity: WorkloadIdentity, task: Task | None
+    ) -> dict[str, Any]:
+        assert ctx.route is not None and ctx.region is not None
+        ctx.classification = classify(task.classification if task else None, b"")
+        return build_opa_input(
+            PolicyQuery(
+                identity=identity,
+                route=ctx.route,
+                model=None,
+                region=ctx.region,
+                account=ctx.account,
+                body_bytes=ctx.bytes_in,
+                tools=(),
+                guardrail=None,
+                classification=ctx.classification,
+                now=self.service.clock(),
+                task=task,
+            )
+        )
+
+    async def _authorize(
+        self, request: web.Request, ctx: RequestContext, identity: WorkloadIdentity, task: Task
+    ) -> None:
+        decision = ctx.decision = await self.decider.decide(self._query(ctx, identity, task))
+        _enforce(decision)
+
+    async def _authorize_admin(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        identity: WorkloadIdentity,
+        task: Task | None,
+    ) -> None:
+        opa_input = self._query(ctx, identity, task)
+        decision = ctx.decision = await self.admin_decider.decide(opa_input)
+        _enforce(decision)
+
+    def _done(
+        self, ctx: RequestContext, document: dict[str, Any], *, status: int = 200
+    ) -> web.Response:
+        ctx.authorized, ctx.outcome = True, "ok"
+        return web.json_response(
+            document, status=status, headers={"x-amzn-RequestId": ctx.request_id}
+        )
+
+
+def _enforce(decision: Decision) -> None:
+    if decision.allow:
+        return
+    reasons = "; ".join(decision.reasons)
+    message = f"Denied by policy: {reasons} (decision {decision.decision_id})"
+    if decision.reasons and all(r.startswith(_INVALID_PREFIX) for r in decision.reasons):
+        # Bounds that live in policy data (ttl, max_calls, models): bad input, not a refusal.
+        raise InvalidRequest(message)
+    raise PolicyDenied(message)
+
+
+async def _read_small_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_TASK_BODY_BYTES:
+        raise InvalidRequest(f"The task request body is larger than {MAX_TASK_BODY_BYTES} bytes")
+    body = bytearray()
+    while chunk := await request.content.read(MAX_TASK_BODY_BYTES):
+        body.extend(chunk)
+        if len(body) > MAX_TASK_BODY_BYTES:
+            raise InvalidRequest(
+                f"The task request body is larger than {MAX_TASK_BODY_BYTES} bytes"
+            )
+    return bytes(body)
+
+
+@contextlib.asynccontextmanager
+async def sweeper(service: TaskService, interval_s: float) -> AsyncIterator[None]:
+    """Run ``service.run_sweeper`` for the life of the block."""
+    runner = asyncio.get_running_loop().create_task(service.run_sweeper(interval_s))
+    try:
+        yield
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
