@@ -1,28 +1,33 @@
 """bedrock-proxy: an inline, policy-enforcing reverse proxy for AWS bedrock-runtime.
 
 Applications keep no AWS credentials; they point their Bedrock endpoint URL
-here and present an X.509-SVID. For each call (see ``pipeline.py``):
+here and present an X.509-SVID. Each call passes these stages, one package
+per concern (``dataplane/pipeline.py`` runs them in order):
 
-    tls_accept.py  TLS termination that audits failed handshakes
-    identity.py    mTLS client certificate -> verified SPIFFE identity (spiffe.py)
-    operations.py  raw path -> operation and model label (decoded once)
-    models.py      model id / ARN -> typed ModelRef; region.py: which region
-    classify.py    declared classification raised by detected findings (redact.py)
-    tasks.py       task lifecycle rules; task_store.py memory/Redis; task_api.py HTTP
-    decision.py    OPA input (pure), OPA answer -> Decision (strict, fail closed);
-                   policy_revision.py: digest of what OPA loaded
-    obligations.py what the decision requires of the request (guardrail, caps)
-    credentials.py per-task STS AssumeRole, scoped by a session policy, cached
-    signing.py     header allow-list and botocore SigV4 over the forwarded bytes
-    upstream.py    streamed relay; observe.py watches the stream on the side
-                   (and feeds response_capture.py, per audit_capture)
-    audit.py       write-ahead JSON lines in a signed hash chain (audit_chain.py,
-                   audit_sinks.py, ocsf.py); audit_verify.py / audit_cli.py read them
+    identity/   tls_accept: TLS termination that audits failed handshakes;
+                svid: client certificate -> verified SPIFFE identity (spiffe: ID rules)
+    request/    operations: raw path -> operation and route (decoded once);
+                models: model id / ARN -> ModelRef; region: which region
+    policy/     classify/: declared classification raised by what the detectors
+                find (scan, detectors, rules, redaction); decision: OPA input
+                (pure) and answer -> Decision (strict, fail closed); obligations:
+                what the decision requires of the request; revision: what OPA
+                loaded; check: ``policy check`` dry runs
+    tasks/      model: task rules; store: memory/Redis; service: the lifecycle;
+                api: the /v1/tasks and /admin/tasks handlers
+    aws/        credentials: per-task STS AssumeRole under a session policy,
+                cached; signing: header allow-list and botocore SigV4
+    dataplane/  pipeline: the stages in order; upstream: streamed relay;
+                observe: the stream watched on the side (response_capture
+                keeps what the audit obligation asks for)
+    audit/      log: write-ahead JSON lines in a signed hash chain (chain,
+                sinks, ocsf); verify and cli read them back
 
 ``app.py`` only wires these together and maps errors (``errors.py``) to
 AWS-shaped responses in one place; ``server.py`` runs the worker processes;
-``metrics.py`` serves Prometheus metrics on the admin listener. ``emulator/``
-is a local bedrock-runtime and STS for tests and demos; ``devca.py``,
-``devstack.py`` and ``demo.py`` run the local stack; ``policy_check.py`` dry-runs
-decisions for policy authors.
+``config.py`` is the one validated settings object; ``metrics.py`` serves
+Prometheus metrics on the admin listener; ``offload.py`` moves body-sized work
+off the event loop. Dev tooling (the local Bedrock emulator and STS, the dev
+CA, the dev stack and the demo) is the separate package ``proxy_dev``: nothing
+here imports it, except the CLI's dev verbs, which load it on demand.
 """

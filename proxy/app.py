@@ -26,10 +26,12 @@ from proxy.dataplane.upstream import Upstream
 from proxy.errors import AuditUnavailable, ProxyError, UnknownOperation
 from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
-from proxy.policy.classify.scan import Classifier, PolicyRules
+from proxy.policy.classify.classifier import Classifier
+from proxy.policy.classify.rules import PolicyRules
 from proxy.policy.decision import OpaDecider
 from proxy.policy.revision import PolicyRevision
-from proxy.tasks.api import TaskApi, TaskService, sweeper
+from proxy.tasks.api import TaskApi
+from proxy.tasks.service import TaskService, sweeper
 from proxy.tasks.store import open_store
 
 DATA_PLANE = web.AppKey("data_plane", DataPlane)

@@ -15,7 +15,7 @@ from proxy.dataplane.observe import Observation
 from proxy.dataplane.response_capture import ResponseCapture
 from proxy.errors import ProxyError
 from proxy.identity.svid import WorkloadIdentity
-from proxy.policy.classify.scan import Classification
+from proxy.policy.classify.classifier import Classification
 from proxy.policy.decision import Decision
 from proxy.request.models import ModelRef
 from proxy.request.operations import Route

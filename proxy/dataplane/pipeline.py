@@ -43,14 +43,14 @@ from proxy.errors import (
 from proxy.identity.svid import VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.offload import offload_if_large, parse_json
-from proxy.policy.classify.scan import Classifier
+from proxy.policy.classify.classifier import Classifier
 from proxy.policy.decision import AsyncOutput, Guardrail, OpaDecider, PolicyQuery, build_opa_input
 from proxy.policy.obligations import apply_obligations, prompt_capture
 from proxy.request.models import ModelRef, parse_model_id
 from proxy.request.operations import Route, parse_route
 from proxy.request.region import resolve_region
-from proxy.tasks.api import TaskService
 from proxy.tasks.model import CallRecord, Task
+from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON_BODY_OPERATIONS = {"Converse", "ConverseStream", "CountTokens", "StartAsyncInvoke"}

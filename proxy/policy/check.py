@@ -22,7 +22,8 @@ from urllib.parse import quote
 from proxy.errors import ProxyError
 from proxy.identity.spiffe import parse_spiffe_id
 from proxy.identity.svid import WorkloadIdentity
-from proxy.policy.classify.scan import LEVELS, Classification
+from proxy.policy.classify.classifier import Classification
+from proxy.policy.classify.rules import LEVELS
 from proxy.policy.decision import DECISION_PACKAGE, DECISION_RULE, PolicyQuery, build_opa_input
 from proxy.request.models import parse_model_id
 from proxy.request.operations import parse_route

@@ -28,7 +28,7 @@ from opa_client.opa_async import AsyncOpaClient
 
 from proxy.errors import ObligationUnenforceable, PolicyUnavailable
 from proxy.identity.svid import WorkloadIdentity
-from proxy.policy.classify.scan import Classification
+from proxy.policy.classify.classifier import Classification
 from proxy.policy.revision import PolicyRevision
 from proxy.request.models import ModelRef
 from proxy.request.operations import Route

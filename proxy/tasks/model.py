@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proxy.errors import InvalidRequest, TaskRefused
-from proxy.policy.classify.scan import LEVELS
+from proxy.policy.classify.rules import LEVELS
 
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 43200  # the longest STS session; a longer task could not be served

@@ -35,7 +35,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.identity.svid import WorkloadIdentity
-from proxy.policy.classify.scan import Classification
+from proxy.policy.classify.classifier import Classification
 from proxy.policy.decision import Decision, Guardrail, Obligations
 from proxy.request.models import parse_model_id
 from proxy.request.operations import parse_route

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import proxy.policy.classify.scan
+import proxy.policy.classify.classifier
 from proxy.app import build_data_app
 from proxy.config import load_settings
 from proxy.dataplane import pipeline
@@ -31,7 +31,7 @@ from tests.conftest import CHAT, HAIKU, PROJECT_ROOT, Emulator, Pki
 OBLIGATIONS_POLICY = PROJECT_ROOT / "tests" / "fixtures" / "policies_obligations"
 STAGES = [
     (pipeline, "_json_document"),
-    (proxy.policy.classify.scan, "classify"),
+    (proxy.policy.classify.classifier, "classify"),
     (pipeline, "_sha256"),
     (pipeline, "apply_obligations"),
     (pipeline, "prompt_capture"),

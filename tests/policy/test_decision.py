@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.errors import ObligationUnenforceable, PolicyUnavailable
 from proxy.identity.svid import WorkloadIdentity
-from proxy.policy.classify.scan import Classification
+from proxy.policy.classify.classifier import Classification
 from proxy.policy.decision import (
     Decision,
     Guardrail,

@@ -13,8 +13,8 @@ import structlog.testing
 from proxy.audit.log import AuditLog
 from proxy.aws.credentials import CredentialBroker
 from proxy.errors import InvalidRequest, StateUnavailable, TaskRefused
-from proxy.tasks.api import TaskService, sweeper
 from proxy.tasks.model import CallRecord, TaskRequest, check_usable, new_task, parse_open_request
+from proxy.tasks.service import TaskService, sweeper
 from proxy.tasks.store import MemoryTaskStore
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

@@ -14,14 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.policy.classify.scan import (
-    BINARY_CONTENT,
-    binary_field,
-    count_tokens_inner,
-    is_blob,
-    parse_body,
-    scan_text,
-)
+from proxy.policy.classify.detectors import BINARY_CONTENT, scan_text
+from proxy.policy.classify.scan import binary_field, count_tokens_inner, is_blob, parse_body
 
 
 def redacted_capture(body: bytes, operation: str | None) -> str:

@@ -1,11 +1,12 @@
-"""proxy.policy.classify.scan: the declared level can raise, never lower, the effective level."""
+"""proxy.policy.classify: the declared level can raise, never lower, the effective level."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.errors import InvalidRequest
-from proxy.policy.classify.scan import LEVELS, Classification, classify
+from proxy.policy.classify.classifier import Classification, classify
+from proxy.policy.classify.rules import LEVELS
 
 
 @pytest.mark.parametrize(
@@ -70,17 +71,17 @@ import json  # noqa: E402
 import threading  # noqa: E402
 from typing import Any  # noqa: E402
 
-import proxy.policy.classify.scan  # noqa: E402
+import proxy.policy.classify.classifier  # noqa: E402
 from proxy.offload import OFFLOAD_BYTES  # noqa: E402
+from proxy.policy.classify.classifier import Classifier  # noqa: E402
+from proxy.policy.classify.detectors import scan_text  # noqa: E402
 from proxy.policy.classify.redaction import redacted_capture  # noqa: E402
-from proxy.policy.classify.scan import (  # noqa: E402
+from proxy.policy.classify.rules import (  # noqa: E402
     BUILTIN_RULES,
     ClassificationRules,
-    Classifier,
     rules_from_policy,
-    scan_body,
-    scan_text,
 )
+from proxy.policy.classify.scan import scan_body  # noqa: E402
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 JWT_VALUE = (
@@ -250,7 +251,7 @@ async def test_classifier_scans_large_bodies_in_a_worker_thread(
         threads.append(threading.get_ident())
         return classify(*args, **kwargs)
 
-    monkeypatch.setattr(proxy.policy.classify.scan, "classify", recording)
+    monkeypatch.setattr(proxy.policy.classify.classifier, "classify", recording)
     classifier = Classifier(None)
     small = _converse({"text": "x" * 20})
     large = _converse({"text": f"{'x ' * OFFLOAD_BYTES} {AWS_SECRET}"})

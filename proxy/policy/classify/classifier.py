@@ -1,0 +1,121 @@
+"""Data classification of a request: what the caller declared, raised by what we detect.
+
+Contract:
+
+- ``declared`` is the ``X-Data-Classification`` header (public < internal <
+  confidential < restricted), or the workload's default from policy data when
+  the header is absent; anything else is a 400.
+- ``detected`` is the highest level of the finding kinds the detectors report
+  in every text the model would see; ``effective`` is the highest of declared
+  and detected. A caller can raise the level but never lower it.
+- Only finding *kinds* leave this module, never matched values, so neither
+  OPA nor the audit log ever receives the secret it is being told about.
+
+Detection is ``scan.py`` (over ``detectors.py``); the level map and the
+workload defaults are ``rules.py``. Bodies above a threshold are classified
+in a worker thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.errors import InvalidRequest
+from proxy.offload import offload_if_large
+from proxy.policy.classify.rules import (
+    BUILTIN_RULES,
+    LEVELS,
+    ClassificationRules,
+    PolicyRules,
+    rank,
+)
+from proxy.policy.classify.scan import NOT_PARSED, scan_body
+
+SCAN_BUDGET_S = 10.0
+
+
+@dataclass(frozen=True)
+class Classification:
+    declared: str
+    detected: str
+    effective: str
+    findings: tuple[str, ...] = ()
+
+    def to_opa(self) -> dict[str, object]:
+        return {
+            "declared": self.declared,
+            "detected": self.detected,
+            "effective": self.effective,
+            "findings": list(self.findings),
+        }
+
+
+def classify(
+    declared_header: str | None,
+    body: bytes,
+    *,
+    operation: str | None = None,
+    spiffe_id: str | None = None,
+    rules: ClassificationRules = BUILTIN_RULES,
+    budget_s: float = SCAN_BUDGET_S,
+    clock: Callable[[], float] = time.monotonic,
+    document: object = None,
+) -> Classification:
+    """Pure: header, body and rules -> declared, detected, effective and finding kinds.
+
+    ``document`` is the body's JSON object when the caller parsed it already,
+    which saves a second parse of a large body; None parses here.
+    """
+    declared = _declared_level(declared_header, rules.declared_default(spiffe_id))
+    findings = scan_body(
+        body,
+        operation=operation,
+        deadline=clock() + budget_s,
+        clock=clock,
+        document=NOT_PARSED if document is None else document,
+    )
+    detected = max((rules.level_of(k) for k in findings), key=rank, default="public")
+    effective = max(declared, detected, key=rank)
+    return Classification(declared, detected, effective, findings)
+
+
+def _declared_level(header: str | None, default: str) -> str:
+    if header is None:
+        return default
+    if header not in LEVELS:
+        raise InvalidRequest(
+            f"X-Data-Classification must be one of {', '.join(LEVELS)}; got {header[:40]!r}"
+        )
+    return header
+
+
+class Classifier:
+    """Classifies a request off the event loop when its body is large."""
+
+    def __init__(self, rules: PolicyRules | None, *, budget_s: float = SCAN_BUDGET_S) -> None:
+        self._rules = rules
+        self._budget_s = budget_s
+
+    async def classify(
+        self,
+        declared_header: str | None,
+        body: bytes,
+        *,
+        operation: str,
+        spiffe_id: str,
+        document: object = None,
+    ) -> Classification:
+        rules = BUILTIN_RULES if self._rules is None else await self._rules.current()
+        return await offload_if_large(
+            len(body),
+            classify,
+            declared_header,
+            body,
+            operation=operation,
+            spiffe_id=spiffe_id,
+            rules=rules,
+            budget_s=self._budget_s,
+            document=document,
+        )

@@ -1,0 +1,163 @@
+"""Classification rules: the level of each finding kind and each workload's default.
+
+The finding-kind -> level map and the per-workload default declared level are
+policy data, read from OPA (``GET /v1/data/bedrock/classification``) at
+start-up and every ``ttl_s`` after; a failed refresh keeps the last good map.
+A kind the map does not name counts as ``restricted``: fail closed. The
+policy recomputes the level from the finding kinds itself, so a stale map in
+the proxy can never let a call through that current policy would refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import aiohttp
+import structlog
+
+from proxy.policy.classify.detectors import (
+    AWS_ACCESS_KEY_ID,
+    AWS_SECRET_KEY,
+    BINARY_CONTENT,
+    EMAIL,
+    HIGH_ENTROPY_TOKEN,
+    IBAN,
+    JWT,
+    PAYMENT_CARD,
+    PHONE,
+    PRIVATE_KEY,
+    SCAN_INCOMPLETE,
+    US_SSN,
+)
+
+LEVELS = ("public", "internal", "confidential", "restricted")
+# An unlabelled call is treated as internal data: most prompts carry some.
+DEFAULT_DECLARED = "internal"
+
+# The shipped policy's map (policies/bedrock/data.json finding_levels); used
+# only when the policy publishes no classification document at all.
+BUILTIN_LEVELS: Mapping[str, str] = MappingProxyType(
+    {
+        EMAIL: "confidential",
+        PHONE: "confidential",
+        US_SSN: "restricted",
+        PAYMENT_CARD: "restricted",
+        IBAN: "confidential",
+        AWS_ACCESS_KEY_ID: "restricted",
+        AWS_SECRET_KEY: "restricted",
+        PRIVATE_KEY: "restricted",
+        JWT: "restricted",
+        HIGH_ENTROPY_TOKEN: "restricted",
+        BINARY_CONTENT: "confidential",
+        SCAN_INCOMPLETE: "restricted",
+    }
+)
+
+_log = structlog.get_logger("bedrock_proxy.classify")
+
+
+def rank(level: str) -> int:
+    return LEVELS.index(level)
+
+
+@dataclass(frozen=True)
+class ClassificationRules:
+    """Policy data: the level of each finding kind, and default declared levels."""
+
+    levels: Mapping[str, str] = field(default_factory=lambda: BUILTIN_LEVELS)
+    workload_defaults: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    default_declared: str = DEFAULT_DECLARED
+
+    def level_of(self, kind: str) -> str:
+        return self.levels.get(kind, "restricted")
+
+    def declared_default(self, spiffe_id: str | None) -> str:
+        if spiffe_id is None:
+            return self.default_declared
+        return self.workload_defaults.get(spiffe_id, self.default_declared)
+
+
+BUILTIN_RULES = ClassificationRules()
+
+
+def rules_from_policy(document: object) -> ClassificationRules:
+    """``data.bedrock.classification`` -> rules; ValueError when malformed."""
+    if not isinstance(document, Mapping):
+        raise ValueError("classification document is not an object")
+
+    def level_map(name: str) -> Mapping[str, str]:
+        raw = document.get(name, {})
+        if not isinstance(raw, Mapping) or not all(
+            isinstance(k, str) and v in LEVELS for k, v in raw.items()
+        ):
+            raise ValueError(f"classification.{name} must map strings to levels")
+        return MappingProxyType(dict(raw))
+
+    default = document.get("default_declared", DEFAULT_DECLARED)
+    if default not in LEVELS:
+        raise ValueError("classification.default_declared is not a level")
+    return ClassificationRules(level_map("levels"), level_map("workload_defaults"), default)
+
+
+class PolicyRules:
+    """Reads ``data.bedrock.classification`` from OPA; keeps the last good copy.
+
+    No document at all (a policy without the package) means the built-in map;
+    a malformed one or an unreachable OPA keeps what was last read, since the
+    decision itself will then fail closed anyway.
+    """
+
+    def __init__(
+        self,
+        opa_url: str,
+        *,
+        timeout_s: float,
+        ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = opa_url.rstrip("/") + "/v1/data/bedrock/classification"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._rules = BUILTIN_RULES
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        await self.current()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def current(self) -> ClassificationRules:
+        if self._fresh():
+            return self._rules
+        async with self._lock:
+            if not self._fresh():
+                await self._refresh()
+        return self._rules
+
+    def _fresh(self) -> bool:
+        return self._fetched_at is not None and self._clock() - self._fetched_at < self._ttl_s
+
+    async def _refresh(self) -> None:
+        # Retry at the next TTL either way, so a down OPA is not asked per request.
+        self._fetched_at = self._clock()
+        if self._session is None:
+            return
+        try:
+            async with self._session.get(self._url) as response:
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}")
+                answer = await response.json(content_type=None)
+            document = answer.get("result") if isinstance(answer, dict) else None
+            self._rules = BUILTIN_RULES if document is None else rules_from_policy(document)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            _log.warning("classification rules not refreshed", error=f"{type(exc).__name__}")
