@@ -15,6 +15,11 @@ reasons in exactly these places (BEDROCK_FACTS.md 3):
   ``amazon-bedrock-invocationMetrics``.
 - Converse / ConverseStream: text, or a ``toolUse`` block naming the first
   tool when ``toolConfig.tools`` is given (stop reason ``tool_use``).
+
+Tool use, in Converse and in Anthropic bodies alike, follows one rule
+(``_tool_call``): call the first offered tool unless the last user message
+carries a tool result, which is answered with text and ``end_turn`` as a real
+model would, so an agent loop terminates.
 """
 
 from __future__ import annotations
@@ -93,6 +98,37 @@ def converse_tool(request: dict[str, Any]) -> str | None:
     return None
 
 
+def _tool_call(request: dict[str, Any], offered: str | None) -> str | None:
+    """The tool to call for ``request``, or None to end the turn with text.
+
+    Agent frameworks (strands-agents, LangChain, pydantic-ai) call the model
+    again after running a tool and stop only when it answers in text; calling
+    the tool again would loop them forever. Only the last user message
+    counts: a new question after an older tool exchange calls the tool again.
+    """
+    if offered is None or _holds_tool_result(_last_user_content(request)):
+        return None
+    return offered
+
+
+def _last_user_content(request: dict[str, Any]) -> Any:
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message.get("content")
+    return None
+
+
+def _holds_tool_result(content: Any) -> bool:
+    # Converse blocks are keyed by member name, Anthropic blocks by "type".
+    return isinstance(content, list) and any(
+        isinstance(block, dict) and ("toolResult" in block or block.get("type") == "tool_result")
+        for block in content
+    )
+
+
 def _tool_input(frames: int) -> dict[str, Any]:
     return {"query": "".join(reply_words(frames)).strip()}
 
@@ -113,7 +149,7 @@ def _tool_id() -> str:
 def invoke_model(model_id: str, raw_body: bytes, request: Any, frames: int) -> Reply:
     input_tokens = estimate_tokens(raw_body)
     if is_anthropic(request):
-        tool = _anthropic_tool(request)
+        tool = _tool_call(request, _anthropic_tool(request))
         if tool is not None:
             content: list[dict[str, Any]] = [
                 {"type": "tool_use", "id": _tool_id(), "name": tool, "input": _tool_input(frames)}
@@ -179,7 +215,7 @@ def invoke_stream(
             )
         )
         return out
-    tool = _anthropic_tool(request)
+    tool = _tool_call(request, _anthropic_tool(request))
     if tool is not None:
         block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(), "name": tool, "input": {}}
         deltas = [
@@ -220,7 +256,7 @@ def invoke_stream(
 
 def converse(request: dict[str, Any], raw_body: bytes, frames: int, latency_ms: int) -> Reply:
     input_tokens = estimate_tokens(raw_body)
-    tool = converse_tool(request)
+    tool = _tool_call(request, converse_tool(request))
     if tool is not None:
         content: list[dict[str, Any]] = [
             {"toolUse": {"toolUseId": _tool_id(), "name": tool, "input": _tool_input(frames)}}
@@ -246,7 +282,7 @@ def converse_stream(
     request: dict[str, Any], raw_body: bytes, frames: int, latency_ms: int
 ) -> list[bytes]:
     input_tokens = estimate_tokens(raw_body)
-    tool = converse_tool(request)
+    tool = _tool_call(request, converse_tool(request))
     out = [event_frame("messageStart", {"role": "assistant"})]
     if tool is not None:
         out.append(

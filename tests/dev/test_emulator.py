@@ -37,7 +37,7 @@ from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError, ResponseStreamingError
 from multidict import CIMultiDict
 
-from proxy_dev.emulator import Emulator, start_emulator
+from proxy_dev.emulator import Emulator, responses, start_emulator
 from proxy_dev.emulator.errors import AwsError
 from proxy_dev.emulator.eventstream import encode_frame, event_frame, exception_frame
 from proxy_dev.emulator.faults import parse_fault
@@ -65,6 +65,8 @@ ANTHROPIC_BODY = json.dumps(
 ).encode()
 Q_HAIKU = HAIKU.replace(":", "%3A")
 MESSAGES = [{"role": "user", "content": [{"text": "Say hello"}]}]
+TOOLS = {"tools": [{"toolSpec": {"name": "lookup", "inputSchema": {"json": {}}}}]}
+ANTHROPIC_TOOLS = [{"name": "lookup", "input_schema": {"type": "object"}}]
 
 
 # --------------------------------------------------------------- pure parts
@@ -372,6 +374,63 @@ def test_parse_fault_rejects(doc: Any) -> None:
     assert info.value.status == 400
 
 
+def _converse_result(tool_use_id: str, *extra: dict[str, Any]) -> dict[str, Any]:
+    result = {"toolResult": {"toolUseId": tool_use_id, "content": [{"text": "42"}]}}
+    return {"role": "user", "content": [result, *extra]}
+
+
+def _anthropic_result(tool_use_id: str) -> dict[str, Any]:
+    result = {"type": "tool_result", "tool_use_id": tool_use_id, "content": "42"}
+    return {"role": "user", "content": [result]}
+
+
+_ASK = {"role": "user", "content": [{"text": "Look it up"}]}
+_CALL = {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "lookup"}}]}
+_TELL = {"role": "assistant", "content": [{"text": "It is 42."}]}
+_A_CALL = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup"}]}
+
+
+@pytest.mark.parametrize(
+    ("messages", "stop"),
+    [
+        ([_ASK], "tool_use"),
+        ([_ASK, _CALL, _converse_result("t1")], "end_turn"),
+        ([_ASK, _CALL, _converse_result("t1", {"text": "and now?"})], "end_turn"),
+        # An older tool exchange does not answer a new question.
+        ([_ASK, _CALL, _converse_result("t1"), _TELL, _ASK], "tool_use"),
+    ],
+)
+def test_converse_calls_the_tool_until_the_last_user_message_holds_its_result(
+    messages: list[dict[str, Any]], stop: str
+) -> None:
+    reply = responses.converse({"messages": messages, "toolConfig": TOOLS}, b"{}", 3, 1)
+    assert reply.body["stopReason"] == stop
+    (block,) = reply.body["output"]["message"]["content"]
+    assert ("toolUse" in block) is (stop == "tool_use")
+
+
+@pytest.mark.parametrize(
+    ("messages", "stop"),
+    [
+        ([{"role": "user", "content": "Look it up"}], "tool_use"),
+        ([{"role": "user", "content": "Look it up"}, _A_CALL, _anthropic_result("t1")],
+         "end_turn"),
+        ([{"role": "user", "content": "Look it up"}, _A_CALL, _anthropic_result("t1"),
+          {"role": "assistant", "content": "It is 42."}, {"role": "user", "content": "Again"}],
+         "tool_use"),
+    ],
+)  # fmt: skip
+def test_anthropic_calls_the_tool_until_the_last_user_message_holds_its_result(
+    messages: list[dict[str, Any]], stop: str
+) -> None:
+    request = {"anthropic_version": "bedrock-2023-05-31", "tools": ANTHROPIC_TOOLS,
+               "messages": messages}  # fmt: skip
+    reply = responses.invoke_model(HAIKU, json.dumps(request).encode(), request, 3)
+    assert reply.body["stop_reason"] == stop
+    (block,) = reply.body["content"]
+    assert block["type"] == ("tool_use" if stop == "tool_use" else "text")
+
+
 # ------------------------------------------------------ running emulator
 
 
@@ -524,6 +583,92 @@ def test_converse_stream_tool_use(harness: Harness) -> None:
     pieces = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events[2:-3])
     assert json.loads(pieces)["query"]
     assert events[-2]["messageStop"]["stopReason"] == "tool_use"
+
+
+def test_converse_agent_loop_ends_after_the_tool_result(harness: Harness) -> None:
+    client = harness.bedrock()
+    first = client.converse(modelId=HAIKU, messages=MESSAGES, toolConfig=TOOLS)
+    assert first["stopReason"] == "tool_use"
+    call = first["output"]["message"]
+    (block,) = call["content"]
+    history = [*MESSAGES, call, _converse_result(block["toolUse"]["toolUseId"])]
+    second = client.converse(modelId=HAIKU, messages=history, toolConfig=TOOLS)
+    assert second["stopReason"] == "end_turn"
+    (block,) = second["output"]["message"]["content"]
+    assert block["text"] and "toolUse" not in block
+    assert second["usage"]["outputTokens"] == 5
+    # A new question after that exchange is not answered by the old result.
+    history += [second["output"]["message"], {"role": "user", "content": [{"text": "Again"}]}]
+    third = client.converse(modelId=HAIKU, messages=history, toolConfig=TOOLS)
+    assert third["stopReason"] == "tool_use"
+    assert third["output"]["message"]["content"][0]["toolUse"]["name"] == "lookup"
+
+
+def test_converse_stream_agent_loop_ends_after_the_tool_result(harness: Harness) -> None:
+    client = harness.bedrock()
+    first = list(
+        client.converse_stream(modelId=HAIKU, messages=MESSAGES, toolConfig=TOOLS)["stream"]
+    )
+    assert first[-2]["messageStop"]["stopReason"] == "tool_use"
+    tool = first[1]["contentBlockStart"]["start"]["toolUse"]
+    pieces = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in first[2:-3])
+    call = {"role": "assistant", "content": [{"toolUse": {**tool, "input": json.loads(pieces)}}]}
+    history = [*MESSAGES, call, _converse_result(tool["toolUseId"])]
+    second = list(
+        client.converse_stream(modelId=HAIKU, messages=history, toolConfig=TOOLS)["stream"]
+    )
+    assert [next(iter(e)) for e in second] == (
+        ["messageStart"] + ["contentBlockDelta"] * 5
+        + ["contentBlockStop", "messageStop", "metadata"]
+    )  # fmt: skip
+    assert "".join(e["contentBlockDelta"]["delta"]["text"] for e in second[1:-3]).strip()
+    assert second[-2]["messageStop"]["stopReason"] == "end_turn"
+    assert second[-1]["metadata"]["usage"]["outputTokens"] == 5
+
+
+def _anthropic_body(messages: list[dict[str, Any]]) -> bytes:
+    return json.dumps(
+        {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "tools": ANTHROPIC_TOOLS,
+         "messages": messages}
+    ).encode()  # fmt: skip
+
+
+def test_invoke_model_agent_loop_ends_after_the_tool_result(harness: Harness) -> None:
+    client = harness.bedrock()
+    ask = [{"role": "user", "content": "Look it up"}]
+    first = json.loads(client.invoke_model(modelId=HAIKU, body=_anthropic_body(ask))["body"].read())
+    assert first["stop_reason"] == "tool_use"
+    (block,) = first["content"]
+    assert block["type"] == "tool_use" and block["name"] == "lookup"
+    history = [
+        *ask,
+        {"role": "assistant", "content": first["content"]},
+        _anthropic_result(block["id"]),
+    ]
+    answer = client.invoke_model(modelId=HAIKU, body=_anthropic_body(history))
+    second = json.loads(answer["body"].read())
+    assert second["stop_reason"] == "end_turn"
+    (block,) = second["content"]
+    assert block["type"] == "text" and block["text"]
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-output-token-count"] == "5"
+
+
+def test_invoke_model_stream_agent_loop_ends_after_the_tool_result(harness: Harness) -> None:
+    client = harness.bedrock()
+    ask = [{"role": "user", "content": "Look it up"}]
+    answer = client.invoke_model_with_response_stream(modelId=HAIKU, body=_anthropic_body(ask))
+    first = _decode_chunks(answer["body"])
+    assert first[1]["content_block"]["type"] == "tool_use"
+    assert first[-2]["delta"]["stop_reason"] == "tool_use"
+    pieces = "".join(c["delta"]["partial_json"] for c in first[2:-3])
+    call = {**first[1]["content_block"], "input": json.loads(pieces)}
+    history = [*ask, {"role": "assistant", "content": [call]}, _anthropic_result(call["id"])]
+    answer = client.invoke_model_with_response_stream(modelId=HAIKU, body=_anthropic_body(history))
+    second = _decode_chunks(answer["body"])
+    assert second[1]["content_block"]["type"] == "text"
+    assert "".join(c["delta"]["text"] for c in second[2:-3]).strip()
+    assert second[-2]["delta"]["stop_reason"] == "end_turn"
+    assert second[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 5
 
 
 def test_invoke_model_with_response_stream(harness: Harness) -> None:
