@@ -13,15 +13,17 @@ from pathlib import Path
 from proxy.errors import ConfigError
 from proxy.policy import check as policy_check
 
+# Top-level modules that only the ``dev`` extra installs and that the emulator (so also
+# ``dev up``) imports: moto, which needs boto3, and moto[server]'s flask, flask_cors and
+# werkzeug. A ModuleNotFoundError naming anything else is a bug and surfaces as one.
+_DEV_EXTRA_MODULES = frozenset({"boto3", "flask", "flask_cors", "moto", "werkzeug"})
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
         # The emulator owns its flags (and their --help).
-        from proxy_dev.emulator.__main__ import main as emulator_main
-
-        result: int = emulator_main(argv[1:])
-        return result
+        return _emulator(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -162,7 +164,37 @@ def _ca_issue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_up(args: argparse.Namespace) -> int:
-    from proxy_dev.devstack import PROJECT_ROOT, dev_up
+def _emulator(argv: list[str]) -> int:
+    try:
+        from proxy_dev.emulator.__main__ import main as emulator_main
+    except ModuleNotFoundError as exc:
+        if not _is_dev_extra(exc):
+            raise
+        return _needs_dev_extra("emulator")
+    result: int = emulator_main(argv)
+    return result
 
+
+def _dev_up(args: argparse.Namespace) -> int:
+    try:
+        # The stack runs the emulator as a child process: import it here so a missing
+        # extra is reported now, not as an emulator exit after OPA has started.
+        import proxy_dev.emulator  # noqa: F401
+        from proxy_dev.devstack import PROJECT_ROOT, dev_up
+    except ModuleNotFoundError as exc:
+        if not _is_dev_extra(exc):
+            raise
+        return _needs_dev_extra("dev up")
     return dev_up(args.dir, args.policies or PROJECT_ROOT / "policies")
+
+
+def _is_dev_extra(exc: ModuleNotFoundError) -> bool:
+    return (exc.name or "").partition(".")[0] in _DEV_EXTRA_MODULES
+
+
+def _needs_dev_extra(verb: str) -> int:
+    print(
+        f"error: 'bedrock-proxy {verb}' needs the dev extra: pip install 'bedrock-proxy[dev]'",
+        file=sys.stderr,
+    )
+    return 2
