@@ -1,7 +1,9 @@
-"""docker-compose.yml parses and agrees with the proxy config it mounts and the Makefile."""
+"""docker-compose.yml parses and agrees with the proxy config it mounts, the Makefile and the
+Dockerfile's build targets."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -34,6 +36,44 @@ def proxy_config() -> dict[str, Any]:
 
 def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions of each named stage, after those of the stage it is built FROM."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            base, *alias = arguments.split()
+            assert len(alias) == 2 and alias[0].upper() == "AS", f"unnamed stage: {line}"
+            current = list(stages.get(base, []))
+            stages[alias[1]] = current
+        else:
+            current.append((instruction.upper(), " ".join(arguments.split())))
+    return stages
+
+
+def last(stage: list[tuple[str, str]], instruction: str) -> str:
+    values = [arguments for name, arguments in stage if name == instruction]
+    assert values, f"no {instruction}"
+    return values[-1]
+
+
+def pip_installs(stage: list[tuple[str, str]]) -> list[str]:
+    """What each ``pip install`` of the stage installs (its arguments that are not options)."""
+    installed = []
+    for name, arguments in stage:
+        if name == "RUN":
+            for command in re.split(r"&&|;|\|\|", arguments):
+                words = command.replace('"', "").replace("'", "").split()
+                starts = [i for i in range(len(words)) if words[i : i + 2] == ["pip", "install"]]
+                for start in starts:
+                    installed += [word for word in words[start + 2 :] if not word.startswith("-")]
+    return installed
 
 
 def test_services_present() -> None:
@@ -81,3 +121,30 @@ def test_published_port_is_the_data_listener_and_tls_files_are_in_the_mounted_pk
         *config["trust_domains"].values(),
     ):
         assert path.startswith(pki_target + "/")
+
+
+def test_each_service_builds_its_own_dockerfile_target() -> None:
+    services = compose()["services"]
+    stages = dockerfile_stages()
+    assert services["proxy"]["build"] == {"context": ".", "target": "runtime"}
+    assert services["emulator"]["build"] == {"context": ".", "target": "emulator"}
+    assert {"runtime", "emulator"} <= set(stages)
+    # A plain `docker build .` gives the proxy, never the emulator.
+    assert list(stages)[-1] == "runtime"
+
+
+def test_runtime_image_installs_the_proxy_without_extras_and_runs_it_as_non_root() -> None:
+    runtime = dockerfile_stages()["runtime"]
+    assert pip_installs(runtime) == ["."]
+    user = last(runtime, "USER").split(":")[0]
+    assert user not in {"root", "0"}
+    assert last(runtime, "ENTRYPOINT") == '["bedrock-proxy"]'
+
+
+def test_emulator_image_has_the_dev_extra_and_runs_as_non_root() -> None:
+    emulator = dockerfile_stages()["emulator"]
+    assert pip_installs(emulator) == [".[dev]"]
+    assert last(emulator, "USER").split(":")[0] not in {"root", "0"}
+    entrypoint = json.loads(last(emulator, "ENTRYPOINT"))
+    assert entrypoint == ["bedrock-proxy"]
+    assert compose()["services"]["emulator"]["command"][0] == "emulator"
