@@ -29,6 +29,7 @@ from proxy.metrics import Metrics
 from proxy.policy.classify.classifier import Classifier
 from proxy.policy.classify.rules import PolicyRules
 from proxy.policy.decision import OpaDecider
+from proxy.policy.opa import OpaClient
 from proxy.policy.revision import PolicyRevision
 from proxy.tasks.api import TaskApi
 from proxy.tasks.service import TaskService, sweeper
@@ -114,8 +115,10 @@ def _components(
         audit = open_audit_log(
             settings, worker=worker, observe_write=metrics.audit_write_seconds.observe
         )
-        revision = PolicyRevision(settings.opa_url, timeout_s=max(settings.opa_timeout_s, 1.0))
-        decider = OpaDecider(settings.opa_url, timeout_s=settings.opa_timeout_s, revision=revision)
+        opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s)
+        # Off the request path: the poller may wait longer than a decision does.
+        revision = PolicyRevision(opa, timeout_s=max(settings.opa_timeout_s, 1.0))
+        decider = OpaDecider(opa, revision=revision)
         upstream = Upstream(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
@@ -133,22 +136,16 @@ def _components(
             clock=lambda: datetime.now(UTC),
             max_session_seconds=settings.max_session_seconds,
         )
-        admin_decider = OpaDecider(
-            settings.opa_url,
-            timeout_s=settings.opa_timeout_s,
-            package=ADMIN_PACKAGE,
-            revision=revision,
-        )
+        admin_decider = OpaDecider(opa, package=ADMIN_PACKAGE, revision=revision)
         store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
         tasks = TaskService(
             store, broker, audit, clock=lambda: datetime.now(UTC), revision=revision
         )
         identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
+        await opa.start()
         await revision.start()
-        await decider.start()
-        classification_rules = PolicyRules(settings.opa_url, timeout_s=settings.opa_timeout_s)
+        classification_rules = PolicyRules(opa)
         await classification_rules.start()
-        await admin_decider.start()
         await upstream.start()
         app[AUDIT] = audit
         app[DATA_PLANE] = DataPlane(
@@ -171,10 +168,8 @@ def _components(
             checkpoints.cancel()
         await upstream.close()
         await store.close()
-        await admin_decider.close()
-        await decider.close()
         await revision.close()
-        await classification_rules.close()
+        await opa.close()
         audit.close()
 
     return setup

@@ -1,9 +1,9 @@
 """The policy decision: build OPA's input, ask OPA, read its answer strictly.
 
 ``build_opa_input`` and ``parse_decision`` are pure; ``OpaDecider`` is the thin
-I/O shell around opa-python-client's async client (one pooled aiohttp
-session with keep-alive, a total timeout per query, retries off so the
-timeout is the whole budget).
+I/O shell that asks through the process's one ``OpaClient`` (``opa.py``: one
+keep-alive session, one timeout per query, no retries, every transport failure
+already translated to PolicyUnavailable).
 
 Fail closed: OPA unreachable, slow, non-200 or not JSON -> PolicyUnavailable
 (503). An answer without a result object is malformed -> PolicyUnavailable.
@@ -14,21 +14,17 @@ is never silently ignored.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
-
-import aiohttp
-from opa_client.opa_async import AsyncOpaClient
 
 from proxy.errors import ObligationUnenforceable, PolicyUnavailable
 from proxy.identity.svid import WorkloadIdentity
 from proxy.policy.classify.classifier import Classification
+from proxy.policy.opa import OpaClient
 from proxy.policy.revision import PolicyRevision
 from proxy.request.models import ModelRef
 from proxy.request.operations import Route
@@ -251,51 +247,24 @@ def _revision(provenance: object) -> str | None:
 
 
 class OpaDecider:
-    """Asks OPA for ``data.bedrock.authz.decision`` under a hard timeout."""
+    """Asks OPA for ``data.<package>.decision``; the client's timeout bounds every ask."""
 
     def __init__(
         self,
-        opa_url: str,
+        opa: OpaClient,
         *,
-        timeout_s: float,
         package: str = DECISION_PACKAGE,
         revision: PolicyRevision | None = None,
     ) -> None:
+        self._opa = opa
         # Only the runtime package yields obligations (the admin plane assumes no role).
         self._package = package
         # One revision poller per process, shared by every decider asking the same OPA.
         self._revision = revision
-        parts = urlsplit(opa_url)
-        self._timeout_s = timeout_s
-        self._client = AsyncOpaClient(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or (443 if parts.scheme == "https" else 80),
-            ssl=parts.scheme == "https",
-            retries=0,
-            timeout=timeout_s,
-        )
-
-    async def start(self) -> None:
-        await self._client._init_session()
-
-    async def close(self) -> None:
-        await self._client.close_connection()
 
     async def decide(self, opa_input: dict[str, Any]) -> Decision:
         fallback_id = f"proxy-{uuid.uuid4()}"
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await self._client.query_rule(opa_input, self._package, DECISION_RULE)
-        except TimeoutError as exc:
-            raise PolicyUnavailable(
-                "The policy service did not answer in time; the call was not made",
-                detail=f"opa timeout after {self._timeout_s}s",
-            ) from exc
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise PolicyUnavailable(
-                "The policy service is unavailable; the call was not made",
-                detail=f"opa error: {type(exc).__name__}: {exc}",
-            ) from exc
+        answer = await self._opa.query(f"{self._package}.{DECISION_RULE}", opa_input)
         return parse_decision(
             answer,
             fallback_id=fallback_id,

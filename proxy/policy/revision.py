@@ -7,7 +7,9 @@ reloads edits live, so the digest is polled; a record may carry the previous
 revision for at most one poll interval after a reload. A failed poll keeps
 the last known revision: the decision itself is still OPA's, fail closed.
 ``/v1/policies`` carries every module's AST (hundreds of KiB), so a poll
-only hashes the answers' bytes and decodes them when those changed.
+only hashes the answers' bytes and decodes them when those changed. The
+poller asks through the process's one ``OpaClient`` (``opa.py``) and owns no
+session of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import aiohttp
+from proxy.errors import PolicyUnavailable
+from proxy.policy.opa import OpaClient
 
 _DECISION_ID = re.compile(rb'^\{"decision_id":"[^"]*",')
 
@@ -56,17 +59,23 @@ def _without_packages(data: Any, packages: list[tuple[str, ...]]) -> Any:
 
 
 class PolicyRevision:
-    def __init__(self, opa_url: str, *, interval_s: float = 2.0, timeout_s: float = 2.0) -> None:
-        self._opa_url = opa_url.rstrip("/")
+    """Polls OPA every ``interval_s``; ``current`` is the last revision read.
+
+    ``timeout_s`` is this poller's own budget per call (``None``: the client's);
+    it is off the request path, so it may wait longer than a decision does.
+    """
+
+    def __init__(
+        self, opa: OpaClient, *, interval_s: float = 2.0, timeout_s: float | None = None
+    ) -> None:
+        self._opa = opa
         self._interval_s = interval_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
         self._poller: asyncio.Task[None] | None = None
         self.current: str | None = None
         self._seen: bytes | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
         await self.refresh()
         self._poller = asyncio.create_task(self._poll())
 
@@ -75,30 +84,25 @@ class PolicyRevision:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._session is not None:
-            await self._session.close()
 
     async def refresh(self) -> None:
         try:
-            policies_raw = await self._get("/v1/policies")
-            data_raw = await self._get("/v1/data")
-            # With decision logging on, OPA stamps every answer with a fresh id.
-            stable = _DECISION_ID.sub(b"{", policies_raw) + b"\0" + _DECISION_ID.sub(b"{", data_raw)
-            seen = hashlib.sha256(stable).digest()
-            if seen == self._seen:
-                return
+            policies_raw = await self._opa.get("/v1/policies", timeout_s=self._timeout_s)
+            data_raw = await self._opa.get("/v1/data", timeout_s=self._timeout_s)
+        except PolicyUnavailable:
+            return
+        # With decision logging on, OPA stamps every answer with a fresh id.
+        stable = _DECISION_ID.sub(b"{", policies_raw) + b"\0" + _DECISION_ID.sub(b"{", data_raw)
+        seen = hashlib.sha256(stable).digest()
+        if seen == self._seen:
+            return
+        try:
             policies = json.loads(policies_raw).get("result") or []
             data = json.loads(data_raw).get("result")
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+        except (ValueError, AttributeError):
             return
         self.current = revision_digest(policies, data)
         self._seen = seen
-
-    async def _get(self, path: str) -> bytes:
-        assert self._session is not None
-        async with self._session.get(self._opa_url + path) as response:
-            response.raise_for_status()
-            return await response.read()
 
     async def _poll(self) -> None:
         while True:

@@ -1,12 +1,10 @@
 """proxy.policy.decision: OPA input (a contract), strict reading of OPA's answer, and the
-OPA client shell against a real aiohttp server on 127.0.0.1."""
+decider asking a real aiohttp server on 127.0.0.1 through the shared OpaClient."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +24,10 @@ from proxy.policy.decision import (
     parse_decision,
     parse_obligations,
 )
+from proxy.policy.opa import OpaClient
 from proxy.request.models import parse_model_id
 from proxy.request.operations import parse_route
+from tests.policy.conftest import Handler, refused_url, serve
 
 ACCT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCT}:role/bedrock-chat"
@@ -501,7 +501,6 @@ def test_obligations_to_audit() -> None:
 # --- OpaDecider against a real HTTP server ----------------------------------
 
 DECISION_PATH = "/v1/data/bedrock/authz/decision"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture
@@ -514,28 +513,15 @@ def seen() -> list[dict[str, Any]]:
     return []
 
 
-@asynccontextmanager
-async def _serve(handler: Handler) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post(DECISION_PATH, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+def _serve(handler: Handler, path: str = DECISION_PATH) -> AbstractAsyncContextManager[str]:
+    return serve({("POST", path): handler})
 
 
-async def _decide(url: str, opa_input: dict[str, Any], timeout_s: float = 2.0) -> Decision:
-    decider = OpaDecider(url, timeout_s=timeout_s)
-    await decider.start()
-    try:
-        return await decider.decide(opa_input)
-    finally:
-        await decider.close()
+async def _decide(
+    url: str, opa_input: dict[str, Any], timeout_s: float = 2.0, **options: Any
+) -> Decision:
+    async with OpaClient(url, timeout_s=timeout_s) as opa:
+        return await OpaDecider(opa, **options).decide(opa_input)
 
 
 async def test_opa_decider_good_decision(seen: list[dict[str, Any]]) -> None:
@@ -626,10 +612,27 @@ async def test_opa_decider_slow_answer_is_unavailable(release: asyncio.Event) ->
 
 
 async def test_opa_decider_connection_refused_is_unavailable() -> None:
-    # Bind and close to get a port nobody listens on.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with pytest.raises(PolicyUnavailable) as info:
-        await _decide(f"http://127.0.0.1:{port}", {"x": 1}, timeout_s=2.0)
+        await _decide(refused_url(), {"x": 1}, timeout_s=2.0)
     assert info.value.code == "policy_unavailable"
+
+
+async def test_admin_decider_asks_its_package_and_needs_no_obligations() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"decision_id": "a1", "result": {"allow": True}})
+
+    async with _serve(handler, "/v1/data/bedrock/admin/decision") as url:
+        decision = await _decide(url, {"x": 1}, package="bedrock.admin")
+    assert (decision.allow, decision.obligations, decision.decision_id) == (True, None, "a1")
+
+
+async def test_opa_decider_names_the_revision_it_was_given() -> None:
+    class Revision:
+        current = "sha256:abc"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"result": {"allow": False}})
+
+    async with _serve(handler) as url:
+        decision = await _decide(url, {"x": 1}, revision=Revision())
+    assert decision.policy_revision == "sha256:abc"

@@ -1,8 +1,9 @@
 """Classification rules: the level of each finding kind and each workload's default.
 
 The finding-kind -> level map and the per-workload default declared level are
-policy data, read from OPA (``GET /v1/data/bedrock/classification``) at
-start-up and every ``ttl_s`` after; a failed refresh keeps the last good map.
+policy data, read from OPA (``GET /v1/data/bedrock/classification``, through
+the process's one ``OpaClient``) at start-up and every ``ttl_s`` after; a
+failed refresh keeps the last good map.
 A kind the map does not name counts as ``restricted``: fail closed. The
 policy recomputes the level from the finding kinds itself, so a stale map in
 the proxy can never let a call through that current policy would refuse.
@@ -16,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import aiohttp
 import structlog
 
+from proxy.errors import PolicyUnavailable
 from proxy.policy.classify.detectors import (
     AWS_ACCESS_KEY_ID,
     AWS_SECRET_KEY,
@@ -33,7 +34,9 @@ from proxy.policy.classify.detectors import (
     SCAN_INCOMPLETE,
     US_SSN,
 )
+from proxy.policy.opa import OpaClient
 
+CLASSIFICATION_REF = "bedrock.classification"
 LEVELS = ("public", "internal", "confidential", "restricted")
 # An unlabelled call is treated as internal data: most prompts carry some.
 DEFAULT_DECLARED = "internal"
@@ -113,28 +116,20 @@ class PolicyRules:
 
     def __init__(
         self,
-        opa_url: str,
+        opa: OpaClient,
         *,
-        timeout_s: float,
         ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url = opa_url.rstrip("/") + "/v1/data/bedrock/classification"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._opa = opa
         self._ttl_s = ttl_s
         self._clock = clock
         self._rules = BUILTIN_RULES
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
         await self.current()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     async def current(self) -> ClassificationRules:
         if self._fresh():
@@ -150,14 +145,11 @@ class PolicyRules:
     async def _refresh(self) -> None:
         # Retry at the next TTL either way, so a down OPA is not asked per request.
         self._fetched_at = self._clock()
-        if self._session is None:
-            return
         try:
-            async with self._session.get(self._url) as response:
-                if response.status != 200:
-                    raise ValueError(f"HTTP {response.status}")
-                answer = await response.json(content_type=None)
+            answer = await self._opa.document(CLASSIFICATION_REF)
             document = answer.get("result") if isinstance(answer, dict) else None
             self._rules = BUILTIN_RULES if document is None else rules_from_policy(document)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            _log.warning("classification rules not refreshed", error=f"{type(exc).__name__}")
+        except PolicyUnavailable as exc:
+            _log.warning("classification rules not refreshed", error=exc.code, detail=exc.detail)
+        except ValueError as exc:
+            _log.warning("classification rules not refreshed", error=type(exc).__name__)

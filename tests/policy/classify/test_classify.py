@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
 from proxy.errors import InvalidRequest
 from proxy.policy.classify.classifier import Classification, classify
-from proxy.policy.classify.rules import LEVELS
+from proxy.policy.classify.rules import LEVELS, PolicyRules
+from proxy.policy.opa import OpaClient
+from tests.policy.conftest import refused_url, serve
 
 
 @pytest.mark.parametrize(
@@ -265,6 +268,79 @@ async def test_classifier_scans_large_bodies_in_a_worker_thread(
     assert threads[0] == threading.get_ident()
     assert threads[1] != threading.get_ident()
     assert isinstance(ClassificationRules().levels, type(BUILTIN_RULES.levels))
+
+
+# --- PolicyRules: read from OPA through the shared client, last good copy kept ------
+
+CLASSIFICATION_PATH = "/v1/data/bedrock/classification"
+POLICY_DOCUMENT = {"levels": {"email": "restricted"}, "default_declared": "public"}
+
+
+class RulesOpa:
+    """A stand-in OPA publishing (or not) ``data.bedrock.classification``."""
+
+    def __init__(self) -> None:
+        self.answer: object = {"result": POLICY_DOCUMENT}
+        self.status = 200
+        self.asked = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.asked += 1
+        if isinstance(self.answer, bytes):
+            return web.Response(body=self.answer, status=self.status)
+        return web.json_response(self.answer, status=self.status)
+
+
+async def test_policy_rules_are_read_from_opa_and_cached_for_the_ttl() -> None:
+    opa_side, now = RulesOpa(), [0.0]
+    async with (
+        serve({("GET", CLASSIFICATION_PATH): opa_side.handle}) as url,
+        OpaClient(url, timeout_s=2.0) as opa,
+    ):
+        rules = PolicyRules(opa, ttl_s=30.0, clock=lambda: now[0])
+        await rules.start()
+        assert (await rules.current()).level_of("email") == "restricted"
+        assert (await rules.current()).declared_default(None) == "public"
+        assert opa_side.asked == 1
+        opa_side.answer = {}  # the policy no longer publishes the document: built-in map
+        now[0] = 31.0
+        assert await rules.current() == BUILTIN_RULES
+        assert opa_side.asked == 2
+
+
+@pytest.mark.parametrize("failure", ["status", "malformed", "not-json"])
+async def test_policy_rules_keep_the_last_good_copy_and_retry_at_the_next_ttl(
+    failure: str,
+) -> None:
+    opa_side, now = RulesOpa(), [0.0]
+    async with (
+        serve({("GET", CLASSIFICATION_PATH): opa_side.handle}) as url,
+        OpaClient(url, timeout_s=2.0) as opa,
+    ):
+        rules = PolicyRules(opa, ttl_s=30.0, clock=lambda: now[0])
+        await rules.start()
+        good = await rules.current()
+        if failure == "status":
+            opa_side.status = 500
+        elif failure == "malformed":
+            opa_side.answer = {"result": {"levels": {"email": "secret"}}}
+        else:
+            opa_side.answer = b"<html>proxy error</html>"
+        now[0] = 31.0
+        for _ in range(3):
+            assert await rules.current() == good
+        # A failure is not retried per request, only at the next TTL.
+        assert opa_side.asked == 2
+        opa_side.status, opa_side.answer = 200, {"result": {"levels": {"email": "public"}}}
+        now[0] = 62.0
+        assert (await rules.current()).level_of("email") == "public"
+
+
+async def test_policy_rules_start_on_builtins_when_opa_is_unreachable() -> None:
+    async with OpaClient(refused_url(), timeout_s=2.0) as opa:
+        rules = PolicyRules(opa)
+        await rules.start()
+        assert await rules.current() == BUILTIN_RULES
 
 
 # --- redaction -------------------------------------------------------------------
