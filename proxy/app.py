@@ -11,6 +11,7 @@ audit record as ``detail``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -111,66 +112,75 @@ def _components(
     settings: Settings, worker: int
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def setup(app: web.Application) -> AsyncIterator[None]:
-        metrics = app[METRICS]
-        audit = open_audit_log(
-            settings, worker=worker, observe_write=metrics.audit_write_seconds.observe
-        )
-        opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s)
-        # Off the request path: the poller may wait longer than a decision does.
-        revision = PolicyRevision(opa, timeout_s=max(settings.opa_timeout_s, 1.0))
-        decider = OpaDecider(opa, revision=revision)
-        upstream = Upstream(
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            read_timeout_s=settings.upstream_read_timeout_s,
-        )
-        sts = make_sts_client(
-            region=settings.sts_region,
-            endpoint_url=settings.sts_endpoint,
-            connect_timeout=settings.sts_timeout_s,
-            read_timeout=settings.sts_timeout_s,
-        )
-        for event in ("after-call.sts.AssumeRole", "after-call-error.sts.AssumeRole"):
-            sts.meta.events.register(event, metrics.sts_hook)
-        broker = CredentialBroker(
-            sts,
-            clock=lambda: datetime.now(UTC),
-            max_session_seconds=settings.max_session_seconds,
-        )
-        admin_decider = OpaDecider(opa, package=ADMIN_PACKAGE, revision=revision)
-        store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
-        tasks = TaskService(
-            store, broker, audit, clock=lambda: datetime.now(UTC), revision=revision
-        )
-        identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
-        await opa.start()
-        await revision.start()
-        classification_rules = PolicyRules(opa)
-        await classification_rules.start()
-        await upstream.start()
-        app[AUDIT] = audit
-        app[DATA_PLANE] = DataPlane(
-            settings=settings,
-            identities=identities,
-            decider=decider,
-            broker=broker,
-            upstream=upstream,
-            audit=audit,
-            tasks=tasks,
-            metrics=metrics,
-            classifier=Classifier(classification_rules),
-        )
-        app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks)
-        checkpoints = asyncio.create_task(audit.run_checkpoints(settings.audit.checkpoint_seconds))
-        try:
-            async with sweeper(tasks, settings.task_sweep_interval_s):
-                yield
-        finally:
-            checkpoints.cancel()
-        await upstream.close()
-        await store.close()
-        await revision.close()
-        await opa.close()
-        audit.close()
+        # Every start is followed by its close on the stack: a failure half-way
+        # through start-up closes what already started, in reverse order.
+        async with contextlib.AsyncExitStack() as stack:
+            metrics = app[METRICS]
+            identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
+            audit = open_audit_log(
+                settings, worker=worker, observe_write=metrics.audit_write_seconds.observe
+            )
+            stack.callback(audit.close)
+            opa = await stack.enter_async_context(
+                OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s)
+            )
+            # Off the request path: the poller may wait longer than a decision does.
+            revision = PolicyRevision(opa, timeout_s=max(settings.opa_timeout_s, 1.0))
+            await revision.start()
+            stack.push_async_callback(revision.close)
+            classification_rules = PolicyRules(opa)
+            await classification_rules.start()
+            upstream = Upstream(
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                read_timeout_s=settings.upstream_read_timeout_s,
+            )
+            await upstream.start()
+            stack.push_async_callback(upstream.close)
+            sts = make_sts_client(
+                region=settings.sts_region,
+                endpoint_url=settings.sts_endpoint,
+                connect_timeout=settings.sts_timeout_s,
+                read_timeout=settings.sts_timeout_s,
+            )
+            for event in ("after-call.sts.AssumeRole", "after-call-error.sts.AssumeRole"):
+                sts.meta.events.register(event, metrics.sts_hook)
+            broker = CredentialBroker(
+                sts,
+                clock=lambda: datetime.now(UTC),
+                max_session_seconds=settings.max_session_seconds,
+            )
+            store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
+            stack.push_async_callback(store.close)
+            tasks = TaskService(
+                store, broker, audit, clock=lambda: datetime.now(UTC), revision=revision
+            )
+            decider = OpaDecider(opa, revision=revision)
+            admin_decider = OpaDecider(opa, package=ADMIN_PACKAGE, revision=revision)
+            app[AUDIT] = audit
+            app[DATA_PLANE] = DataPlane(
+                settings=settings,
+                identities=identities,
+                decider=decider,
+                broker=broker,
+                upstream=upstream,
+                audit=audit,
+                tasks=tasks,
+                metrics=metrics,
+                classifier=Classifier(classification_rules),
+            )
+            app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks)
+            checkpoints = asyncio.create_task(
+                audit.run_checkpoints(settings.audit.checkpoint_seconds)
+            )
+            stack.push_async_callback(stop, checkpoints)
+            await stack.enter_async_context(sweeper(tasks, settings.task_sweep_interval_s))
+            yield
+
+    async def stop(task: asyncio.Task[None]) -> None:
+        # asyncio.wait, not awaiting the task: a cancellation of the shutdown itself
+        # must propagate, not be swallowed as the task's own.
+        task.cancel()
+        await asyncio.wait([task])
 
     return setup
 
