@@ -133,7 +133,7 @@ class OpaClient:
             raise PolicyUnavailable(_SLOW, detail=f"opa timeout after {budget}s on {what}") from exc
         except aiohttp.ClientError as exc:
             raise PolicyUnavailable(
-                _UNAVAILABLE, detail=f"opa unreachable on {what}: {type(exc).__name__}: {exc}"
+                _UNAVAILABLE, detail=f"opa transport error on {what}: {type(exc).__name__}: {exc}"
             ) from exc
         except ValueError as exc:
             raise PolicyUnavailable(

@@ -139,7 +139,7 @@ async def test_a_per_call_timeout_replaces_the_default() -> None:
 
 async def test_connection_refused_is_policy_unavailable() -> None:
     error = await _unavailable(refused_url())
-    assert "unreachable" in (error.detail or "")
+    assert "transport error" in (error.detail or "")
 
 
 @pytest.mark.parametrize("status", [500, 503, 404, 400, 204])
