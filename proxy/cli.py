@@ -1,4 +1,4 @@
-"""The ``bedrock-proxy`` command line (DESIGN.md section 8: the verbs are a contract)."""
+"""The ``bedrock-proxy`` command line (docs/cli.md: the verbs are a contract)."""
 
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy.errors import ConfigError, CredentialsUnavailable
 
-# STS limits (BEDROCK_FACTS.md section 5).
+# STS limits (AssumeRole: session name, source identity, tags, durations).
 MIN_SESSION_SECONDS = 900
 MAX_SESSION_SECONDS = 43200
 NAME_MAX_CHARS = 64  # RoleSessionName; SourceIdentity kept to the same safe bound
@@ -200,7 +200,7 @@ _UNSCOPED_ACTIONS = frozenset({"bedrock:ListAsyncInvokes"})
 # The one wildcard allowed: the region of a foundation model reached through a profile.
 _ROUTED_MODEL = re.compile(r"^arn:aws(-us-gov|-cn)?:bedrock:\*::foundation-model/[^*?]+$")
 # A global profile's model: no region in the ARN, and IAM evaluates it with
-# aws:RequestedRegion "unspecified" (BEDROCK_FACTS section 6).
+# aws:RequestedRegion "unspecified".
 _GLOBAL_MODEL = re.compile(r"^arn:aws(-us-gov|-cn)?:bedrock:::foundation-model/[^*?]+$")
 
 

@@ -74,7 +74,7 @@ class WorkloadIdentity:
     chain_not_after: datetime | None = field(default=None, compare=False)
 
     def to_opa(self) -> dict[str, str]:
-        """The ``identity`` object of the OPA input (DESIGN.md section 4, a contract)."""
+        """The ``identity`` object of the OPA input (docs/opa.md, a contract)."""
         return {
             "spiffe_id": self.spiffe_id,
             "trust_domain": self.trust_domain,

@@ -1,6 +1,6 @@
 """``bedrock-proxy policy check``: dry-run one decision against a running OPA.
 
-Either an input document (the exact OPA input of DESIGN.md section 4, or
+Either an input document (the exact OPA input of docs/opa.md, or
 ``{"input": ...}``) or ``--request`` flags, from which the input is built by
 the same code the proxy uses (``build_opa_input``), so what a security
 engineer tries here is what the proxy would ask. Exit code 0 allow, 1 deny,

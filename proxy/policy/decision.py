@@ -107,7 +107,7 @@ class AsyncOutput:
 
 
 def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
-    """The OPA input document of DESIGN.md section 4 (keys are a contract)."""
+    """The OPA input document of docs/opa.md (keys are a contract)."""
     route = query.route
     return {
         "identity": query.identity.to_opa(),

@@ -6,7 +6,7 @@ has been percent-decoded exactly once and returns it unchanged;
 ``ModelRef`` (kind, provider, geo, the ARN the call is authorized against).
 Both raise ``InvalidRequest`` with a message the caller can act on.
 
-Accepted forms (BEDROCK_FACTS.md section 4): a foundation model id
+Accepted forms (as bedrock-runtime accepts them): a foundation model id
 (``anthropic.claude-3-haiku-20240307-v1:0``), a system cross-region inference
 profile id (``us.``, ``eu.``, ``apac.``, ``global.`` ... + foundation id), or
 a ``bedrock`` ARN of a known model resource type.

@@ -3,7 +3,7 @@
 Contract: ``parse_route(method, raw_path)`` takes the method and the request
 target exactly as received (aiohttp's ``request.raw_path``: percent-encoded,
 query included) and returns the operation, its decoded labels, the IAM
-actions it is authorized as (BEDROCK_FACTS.md section 6) and the canonical
+actions it is authorized as (the Bedrock service authorization reference) and the canonical
 path and query to forward. Unknown paths, wrong methods and the control plane
 raise ``UnknownOperation`` (404); data-plane operations the proxy cannot
 re-sign yet raise ``NotImplementedOperation`` (501); malformed labels raise

@@ -1,6 +1,6 @@
 """Which AWS region a data-plane call is for.
 
-Contract (DESIGN.md section 3): the region comes from the ``Host`` header when
+Contract (docs/api.md): the region comes from the ``Host`` header when
 it reads ``bedrock-runtime[-fips].<region>[.<anything>][:port]``, else from the
 credential scope of an incoming SigV4 ``Authorization`` header, else from the
 configured default. The result always matches AWS region syntax.

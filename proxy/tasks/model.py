@@ -1,4 +1,4 @@
-"""Tasks (DESIGN.md section 6): the typed task, its lifecycle rules, the POST body.
+"""Tasks (docs/api.md, the task API): the typed task, its lifecycle rules, the POST body.
 
 Contract
 --------
@@ -111,7 +111,7 @@ class Task:
         return replace(self, ended_reason=reason, ended_at=now)
 
     def to_opa(self) -> dict[str, Any]:
-        """The ``task`` of the OPA input (DESIGN.md section 4, keys only added)."""
+        """The ``task`` of the OPA input (docs/opa.md, keys only added)."""
         return {
             "id": self.id,
             "purpose": self.purpose,

@@ -6,7 +6,7 @@ plausible token counts. Content is synthetic and deterministic (a prompt
 that starts with ``echo:`` is answered with the rest of itself, split across
 the frames, so a test can put a known value in an answer); the shapes
 are what matter, because the proxy observes usage, tool calls and stop
-reasons in exactly these places (BEDROCK_FACTS.md 3):
+reasons in exactly these places (as Bedrock does):
 
 - InvokeModel on an Anthropic messages body: a Messages API response; any
   other body: a small generic JSON.

@@ -13,7 +13,7 @@ raises ``AwsError`` with the 403 type AWS uses.
 Why botocore computes the signature: the point of the emulator is to catch
 signing bugs in the proxy, and a hand-written verifier could share them.
 botocore re-encodes every path segment of the raw wire path itself, which is
-exactly AWS's double encoding for non-S3 services (BEDROCK_FACTS.md 4), so a
+exactly AWS's double encoding for non-S3 services (as botocore signs them), so a
 proxy that decodes or re-encodes model ids wrongly fails here as it would on
 AWS.
 """

@@ -136,7 +136,7 @@ _AUTH = re.compile(
 @pytest.mark.parametrize(
     ("raw_path", "region", "host", "canonical_uri"),
     [
-        # Exactly the verified pair from BEDROCK_FACTS.md section 4.
+        # Exactly the verified pair known to be accepted by AWS.
         (ARN_WIRE, "us-east-1", "bedrock-runtime.us-east-1.amazonaws.com", ARN_CANON),
         (
             "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream",

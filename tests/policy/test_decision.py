@@ -61,7 +61,7 @@ REQUEST_KEYS = {
     "guardrail",
     "async_output",  # added for the async-invoke output bucket rule
 }
-MODEL_KEYS = {"id", "kind", "provider", "arn", "geo"}  # DESIGN.md 4; more may be added
+MODEL_KEYS = {"id", "kind", "provider", "arn", "geo"}  # docs/opa.md; more may be added
 CLASSIFICATION_KEYS = {"declared", "detected", "effective", "findings"}
 
 
