@@ -24,7 +24,7 @@ from proxy.config import Settings
 from proxy.context import RequestContext
 from proxy.dataplane.pipeline import DataPlane
 from proxy.dataplane.upstream import Upstream
-from proxy.errors import AuditUnavailable, ProxyError, UnknownOperation
+from proxy.errors import AuditUnavailable, ProxyError, http_refusal
 from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.policy.classify.classifier import Classifier
@@ -63,21 +63,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProxyError as error:
-        ctx.error, ctx.outcome = error, error.outcome
+        ctx.error = error
         return error_response(error, ctx.request_id)
     except web.HTTPException as exc:
-        # aiohttp's own refusals (e.g. malformed request line) in AWS shape.
-        refusal = UnknownOperation(exc.reason) if exc.status == 404 else ProxyError(exc.reason)
-        refusal.status = exc.status
-        ctx.error, ctx.outcome = refusal, "invalid_request"
-        return error_response(refusal, ctx.request_id)
+        ctx.error = http_refusal(exc.status, exc.reason)
+        return error_response(ctx.error, ctx.request_id)
     except asyncio.CancelledError:
-        ctx.outcome = ctx.outcome or "client_aborted"
+        ctx.aborted = True
         raise
     except Exception as exc:
         _log.exception("unhandled error", request_id=ctx.request_id)
         ctx.error = ProxyError("Internal error in the proxy", detail=type(exc).__name__)
-        ctx.outcome = "internal_error"
         return error_response(ctx.error, ctx.request_id)
     finally:
         _write_terminal(request.app[AUDIT], ctx, request.app[METRICS])
@@ -192,7 +188,7 @@ def _admin_status(inner: Handler) -> Handler:
         ctx = request[CONTEXT]
         await request.app[TASK_API].admin_status(request, ctx)
         response = await inner(request)
-        ctx.authorized, ctx.outcome = True, "ok"
+        ctx.authorized = True
         return response
 
     return handle

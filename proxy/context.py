@@ -1,7 +1,10 @@
-"""The per-request context that flows through the pipeline stages.
+"""The per-request record: what each stage established, kept for the audit record.
 
-Each stage fills the fields it owns; the audit record is built from this one
-object, so what the SOC reads is exactly what the stages decided.
+Stages are pure or thin and return typed results; only the request's handler
+(``dataplane/pipeline.py``, ``tasks/api.py``) stores those results here, and
+only ``outcome`` decides how the request ended, from what is stored. The
+audit record (``audit/log.py``) is built from these typed values, so what the
+SOC reads is exactly what the stages decided.
 """
 
 from __future__ import annotations
@@ -11,14 +14,31 @@ import uuid
 from dataclasses import dataclass, field
 
 from proxy.aws.credentials import CredentialScope, SessionCredentials
-from proxy.dataplane.observe import Observation
-from proxy.dataplane.response_capture import ResponseCapture
-from proxy.errors import ProxyError
+from proxy.dataplane.upstream import RelayResult
+from proxy.errors import Outcome, ProxyError
 from proxy.identity.svid import WorkloadIdentity
 from proxy.policy.classify.classifier import Classification
 from proxy.policy.decision import Decision
 from proxy.request.models import ModelRef
 from proxy.request.operations import Route
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the call goes and under which task, as read from the caller's request."""
+
+    region: str
+    account: str | None
+    model: ModelRef | None = None
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """What the audit obligation keeps of the prompt: its hash, and a capture."""
+
+    sha256: str | None
+    captured: str | None = None
 
 
 @dataclass
@@ -28,26 +48,27 @@ class RequestContext:
     peer: str | None = None
     identity: WorkloadIdentity | None = None
     route: Route | None = None
-    model: ModelRef | None = None
-    region: str | None = None
-    account: str | None = None
-    task_id: str | None = None
+    target: Target | None = None
+    bytes_in: int = 0
     classification: Classification | None = None
+    prompt: PromptRecord | None = None
     decision: Decision | None = None
     scope: CredentialScope | None = None
     credentials: SessionCredentials | None = None
-    prompt_sha256: str | None = None
-    prompt_captured: str | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
     authorized: bool = False
-    upstream_status: int | None = None
-    aws_request_id: str | None = None
-    ttfb_ms: float | None = None
-    observation: Observation | None = None
-    response_capture: ResponseCapture | None = None
+    relay: RelayResult | None = None
     error: ProxyError | None = None
-    outcome: str | None = None
+    aborted: bool = False
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 3)
+
+    def outcome(self) -> Outcome:
+        """How the request ended: the one place that decides it."""
+        if self.error is not None:
+            return self.error.outcome
+        if self.relay is not None:
+            return self.relay.outcome
+        if self.aborted:
+            return Outcome.CLIENT_ABORTED
+        return Outcome.OK if self.authorized else Outcome.INTERNAL_ERROR

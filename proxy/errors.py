@@ -9,12 +9,29 @@ record only.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How a request ended: the audit record's ``outcome`` (docs/audit.md lists them)."""
+
+    OK = "ok"
+    DENIED = "denied"
+    INVALID_REQUEST = "invalid_request"
+    CLIENT_ABORTED = "client_aborted"
+    UPSTREAM_ERROR = "upstream_error"
+    POLICY_UNAVAILABLE = "policy_unavailable"
+    CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    STATE_UNAVAILABLE = "state_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
 
 class ProxyError(Exception):
     status = 500
     error_type = "InternalServerException"
     code = "internal_error"
-    outcome = "upstream_error"
+    outcome = Outcome.INTERNAL_ERROR
 
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
@@ -26,7 +43,7 @@ class InvalidRequest(ProxyError):
     status = 400
     error_type = "ValidationException"
     code = "invalid_request"
-    outcome = "invalid_request"
+    outcome = Outcome.INVALID_REQUEST
 
 
 class UnknownOperation(InvalidRequest):
@@ -46,11 +63,27 @@ class BodyTooLarge(InvalidRequest):
     code = "body_too_large"
 
 
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "headers_too_large"
+
+
+def http_refusal(status: int, reason: str) -> InvalidRequest:
+    """aiohttp's own refusals (unparsable request line, unknown route...) in AWS shape."""
+    kind = {404: UnknownOperation, 405: MethodNotAllowed, 413: BodyTooLarge, 431: HeadersTooLarge}
+    return kind.get(status, InvalidRequest)(reason)
+
+
 class IdentityInvalid(ProxyError):
     status = 403
     error_type = "AccessDeniedException"
     code = "identity_invalid"
-    outcome = "denied"
+    outcome = Outcome.DENIED
 
 
 class IdentityMissing(IdentityInvalid):
@@ -62,14 +95,14 @@ class PolicyDenied(ProxyError):
     status = 403
     error_type = "AccessDeniedException"
     code = "policy_denied"
-    outcome = "denied"
+    outcome = Outcome.DENIED
 
 
 class PolicyUnavailable(ProxyError):
     status = 503
     error_type = "ServiceUnavailableException"
     code = "policy_unavailable"
-    outcome = "policy_unavailable"
+    outcome = Outcome.POLICY_UNAVAILABLE
 
 
 class ObligationUnenforceable(PolicyDenied):
@@ -80,21 +113,21 @@ class CredentialsUnavailable(ProxyError):
     status = 503
     error_type = "ServiceUnavailableException"
     code = "credentials_unavailable"
-    outcome = "credentials_unavailable"
+    outcome = Outcome.CREDENTIALS_UNAVAILABLE
 
 
 class AuditUnavailable(ProxyError):
     status = 503
     error_type = "ServiceUnavailableException"
     code = "audit_unavailable"
-    outcome = "audit_unavailable"
+    outcome = Outcome.AUDIT_UNAVAILABLE
 
 
 class UpstreamUnavailable(ProxyError):
     status = 502
     error_type = "ServiceUnavailableException"
     code = "upstream_unavailable"
-    outcome = "upstream_error"
+    outcome = Outcome.UPSTREAM_ERROR
 
 
 class ConfigError(Exception):
@@ -107,7 +140,7 @@ class TaskRefused(ProxyError):
     status = 403
     error_type = "AccessDeniedException"
     code = "task_refused"
-    outcome = "denied"
+    outcome = Outcome.DENIED
 
 
 class StateUnavailable(ProxyError):
@@ -116,4 +149,4 @@ class StateUnavailable(ProxyError):
     status = 503
     error_type = "ServiceUnavailableException"
     code = "state_unavailable"
-    outcome = "state_unavailable"
+    outcome = Outcome.STATE_UNAVAILABLE

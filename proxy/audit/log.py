@@ -1,6 +1,6 @@
 """The audit stream: one chained JSON object per line, written through structlog.
 
-Field names are a contract (DESIGN.md section 7). ``authorized`` is written
+Field names are a contract (docs/audit.md). ``authorized`` is written
 before a request is forwarded and ``write_ahead`` returns only once it is
 durable under the fsync policy (``always``: fsync per record; ``batch``: the
 request waits for the group fsync of its batch); a failure to write or sync
@@ -276,22 +276,23 @@ def _unavailable(exc: BaseException) -> AuditUnavailable:
 
 
 def request_record(ctx: RequestContext) -> dict[str, Any]:
-    """The DESIGN.md section 7 fields known so far for this request."""
+    """The record fields (docs/audit.md) known so far for this request."""
     identity, route, decision, scope = ctx.identity, ctx.route, ctx.decision, ctx.scope
-    observation = ctx.observation
-    credentials = ctx.credentials
+    target, credentials, relay = ctx.target, ctx.credentials, ctx.relay
+    model = target.model if target else None
+    observation = relay.observation if relay else None
     return {
         "request_id": ctx.request_id,
         "decision_id": decision.decision_id if decision else None,
         "policy_revision": decision.policy_revision if decision else None,
         "spiffe_id": identity.spiffe_id if identity else None,
         "owner": decision.owner if decision else None,
-        "task_id": ctx.task_id,
+        "task_id": target.task_id if target else None,
         "operation": route.operation if route else None,
-        "model_id": ctx.model.id if ctx.model else None,
-        "model_arn": ctx.model.arn if ctx.model else None,
-        "region": ctx.region,
-        "account": ctx.account,
+        "model_id": model.id if model else None,
+        "model_arn": model.arn if model else None,
+        "region": target.region if target else None,
+        "account": target.account if target else None,
         "classification": ctx.classification.to_opa() if ctx.classification else None,
         "decision": {"allow": decision.allow, "reasons": list(decision.reasons)}
         if decision
@@ -303,33 +304,34 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         "role_session_name": credentials.role_session_name if credentials else None,
         "source_identity": credentials.source_identity if credentials else None,
         "assumed_role_arn": credentials.assumed_role_arn if credentials else None,
-        "upstream_status": ctx.upstream_status,
-        "aws_request_id": ctx.aws_request_id,
+        "upstream_status": relay.status if relay else None,
+        "aws_request_id": relay.aws_request_id if relay else None,
         "peer": ctx.peer,
         "bytes_in": ctx.bytes_in,
-        "bytes_out": ctx.bytes_out,
+        "bytes_out": relay.bytes_out if relay else 0,
         "usage": observation.usage() if observation else None,
         "tool_calls": list(observation.tool_calls) if observation else [],
         "stop_reason": observation.stop_reason if observation else None,
         "stream_exception": observation.exception if observation else None,
-        "prompt": {"sha256": ctx.prompt_sha256, "captured": ctx.prompt_captured}
-        if ctx.prompt_sha256
+        "prompt": {"sha256": ctx.prompt.sha256, "captured": ctx.prompt.captured}
+        if ctx.prompt and ctx.prompt.sha256
         else None,
-        "response": ctx.response_capture.record() if ctx.response_capture else None,
+        "response": relay.capture.record() if relay and relay.capture else None,
     }
 
 
 def terminal_record(ctx: RequestContext) -> tuple[str, dict[str, Any]]:
     fields = request_record(ctx)
-    fields["outcome"] = ctx.outcome
+    fields["outcome"] = str(ctx.outcome())
     fields["latency_ms"] = ctx.elapsed_ms()
-    fields["ttfb_ms"] = ctx.ttfb_ms
-    if ctx.error is not None:
+    fields["ttfb_ms"] = ctx.relay.ttfb_ms if ctx.relay else None
+    error = ctx.error or (ctx.relay.error if ctx.relay else None)
+    if error is not None:
         fields["error"] = {
-            "code": ctx.error.code,
-            "status": ctx.error.status,
-            "message": ctx.error.message,
-            "detail": ctx.error.detail,
+            "code": error.code,
+            "status": error.status,
+            "message": error.message,
+            "detail": error.detail,
         }
     return ("completed" if ctx.authorized else "denied"), fields
 

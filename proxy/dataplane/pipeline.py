@@ -1,12 +1,15 @@
 """The data-plane request pipeline: one call from mTLS identity to streamed answer.
 
-Stages run in a fixed order and each fills the RequestContext:
+``DataPlane.handle`` is the list of stages; each returns a typed result that
+the next takes, and ``handle`` keeps each result on the RequestContext for
+the audit record:
 
-    identity -> route -> body (bounded) -> region -> model -> classification
-    -> OPA decision -> obligations -> STS credentials -> SigV4 -> audit
-    ``authorized`` -> upstream relay
+    identify, route -> admit (body within the limit, region, model, task id)
+    -> task -> inspect (classification, tools, guardrail, prompt hash)
+    -> decide (OPA) -> authorize (count the task call) -> prepare (obligations,
+    STS credentials, SigV4) -> audit ``authorized`` -> forward (relay)
 
-Every stage either returns or raises a ProxyError; ``errors.middleware`` in
+Every stage either returns or raises a ProxyError; ``error_middleware`` in
 app.py turns the error into an AWS-shaped answer and writes the terminal audit
 record. The body limit is enforced before OPA or STS is asked, so an oversized
 request costs neither. Nothing is forwarded before ``authorized`` is written.
@@ -29,22 +32,30 @@ from typing import Any
 from aiohttp import web
 
 from proxy.audit.log import AuditLog, request_record
-from proxy.aws.credentials import CredentialBroker, CredentialScope
+from proxy.aws.credentials import CredentialBroker, CredentialScope, SessionCredentials
 from proxy.aws.signing import forwardable_headers, sign_request
 from proxy.config import Settings
-from proxy.context import RequestContext
+from proxy.context import PromptRecord, RequestContext, Target
 from proxy.dataplane.response_capture import ResponseCapture
-from proxy.dataplane.upstream import Upstream
+from proxy.dataplane.upstream import Outgoing, RelayResult, Upstream
 from proxy.errors import (
     BodyTooLarge,
     InvalidRequest,
     PolicyDenied,
 )
-from proxy.identity.svid import VerifiedIdentities
+from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.metrics import Metrics
 from proxy.offload import offload_if_large, parse_json
-from proxy.policy.classify.classifier import Classifier
-from proxy.policy.decision import AsyncOutput, Guardrail, OpaDecider, PolicyQuery, build_opa_input
+from proxy.policy.classify.classifier import Classification, Classifier
+from proxy.policy.decision import (
+    AsyncOutput,
+    Decision,
+    Guardrail,
+    Obligations,
+    OpaDecider,
+    PolicyQuery,
+    build_opa_input,
+)
 from proxy.policy.obligations import apply_obligations, prompt_capture
 from proxy.request.models import ModelRef, parse_model_id
 from proxy.request.operations import Route, parse_route
@@ -54,6 +65,36 @@ from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON_BODY_OPERATIONS = {"Converse", "ConverseStream", "CountTokens", "StartAsyncInvoke"}
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The request as read, before any policy: bounded body, its JSON, where it goes."""
+
+    body: bytes
+    document: dict[str, Any] | None
+    target: Target
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """Everything policy judges that is read from the body."""
+
+    classification: Classification
+    tools: tuple[str, ...]
+    guardrail: Guardrail | None
+    async_output: AsyncOutput | None
+    prompt_sha256: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The request with its obligations applied, and what the audit obligation keeps."""
+
+    headers: dict[str, str]
+    body: bytes
+    prompt: PromptRecord
+    capture: ResponseCapture | None
 
 
 @dataclass(frozen=True)
@@ -70,128 +111,203 @@ class DataPlane:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
-        ctx.identity = self.identities.of_connection(request.transport, self.clock())
+        identity = ctx.identity = self.identities.of_connection(request.transport, self.clock())
         route = ctx.route = parse_route(request.method, request.raw_path)
-        body = await _read_body(request, self.settings.max_body_bytes)
-        ctx.bytes_in = len(body)
-        ctx.region = resolve_region(
-            request.headers.get("Host"),
-            request.headers.get("Authorization"),
-            self.settings.default_region,
-        )
-        document = await offload_if_large(len(body), _json_document, route, body)
-        ctx.model = _model(route, document, ctx.region, self.settings.default_account)
-        ctx.account = (ctx.model.account if ctx.model else None) or self.settings.default_account
-        ctx.task_id = _task_id(request.headers.get("X-Task-Id"))
-        task = await self._task(ctx.task_id, ctx.identity.spiffe_id)
-        ctx.classification = await self.classifier.classify(
-            request.headers.get("X-Data-Classification"),
-            body,
-            operation=route.operation,
-            spiffe_id=ctx.identity.spiffe_id,
-            document=document,
-        )
-        ctx.prompt_sha256 = await offload_if_large(len(body), _sha256, body)
-        tools = _tool_names(document)
-
-        decide_started = time.monotonic()
-        decision = ctx.decision = await self.decider.decide(
-            build_opa_input(
-                PolicyQuery(
-                    identity=ctx.identity,
-                    route=route,
-                    model=ctx.model,
-                    region=ctx.region,
-                    account=ctx.account,
-                    body_bytes=len(body),
-                    tools=tools,
-                    guardrail=_requested_guardrail(route, request, document),
-                    classification=ctx.classification,
-                    now=self.clock(),
-                    async_output=_async_output(route, document),
-                    task=task,
-                )
-            )
-        )
-        self.metrics.decision_seconds.observe(time.monotonic() - decide_started)
-        if not decision.allow or decision.obligations is None:
-            raise PolicyDenied(
-                f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
-            )
-        obligations = decision.obligations
-        if task is not None:
-            # Atomic check-and-count: concurrent calls cannot overrun max_calls.
-            task = await self.tasks.record_call(
-                task,
-                ctx.identity.spiffe_id,
-                CallRecord(
-                    ctx.model.id if ctx.model else None,
-                    ctx.classification.effective,
-                    tools,
-                ),
-            )
-        headers, body = await offload_if_large(
-            len(body),
-            apply_obligations,
-            route,
-            ctx.model,
-            forwardable_headers(request.headers.items()),
-            body,
-            obligations,
-            # Edited in place, not read again here; an empty body reads as {} for the
-            # policy but is no JSON object to edit.
-            document if body else None,
-        )
-        keep_hash, ctx.prompt_captured = await offload_if_large(
-            len(body), prompt_capture, obligations.audit_capture, route.operation, body
-        )
-        if not keep_hash:
-            ctx.prompt_sha256 = None
-
-        ctx.scope = CredentialScope(
-            role_arn=obligations.role_arn,
-            spiffe_id=ctx.identity.spiffe_id,
-            trust_domain=ctx.identity.trust_domain,
-            workload_path=ctx.identity.path,
-            task_id=ctx.task_id,
-            region=ctx.region,
-            resource_arns=_resource_arns(route, ctx.model, ctx.region, ctx.account),
-            actions=route.iam_actions,
-            classification=ctx.classification.effective,
-            session_seconds=obligations.session_seconds,
-            not_after=task.expires_at if task else None,
-        )
+        admitted = await self.admit(request, route)
+        ctx.target, ctx.bytes_in = admitted.target, len(admitted.body)
+        task = await self._task(admitted.target.task_id, identity.spiffe_id)
+        inspected = await self.inspect(request, identity, route, admitted)
+        ctx.classification = inspected.classification
+        ctx.prompt = PromptRecord(inspected.prompt_sha256)
+        decision = ctx.decision = await self.decide(identity, route, admitted, inspected, task)
+        obligations, task = await self.authorize(decision, identity, admitted, inspected, task)
+        prepared = await self.prepare(request, route, admitted, inspected, obligations)
+        ctx.prompt = prepared.prompt
+        ctx.scope = self._scope(identity, route, admitted.target, inspected, obligations, task)
         ctx.credentials = await self.broker.credentials_for(ctx.scope)
-        url = self.settings.upstream_base(ctx.region) + route.wire_path
-        if route.wire_query:
-            url += "?" + route.wire_query
-        signed = await offload_if_large(
-            len(body),
-            sign_request,
-            method=route.method,
-            url=url,
-            headers=headers,
-            body=body,
-            credentials=ctx.credentials,
-            region=ctx.region,
-        )
+        outgoing = await self.sign(route, admitted.target, prepared, ctx.credentials)
         if task is not None and task.ended_reason is not None:
             # This was the task's last call: it is signed, so its credentials can go now.
             self.tasks.release(task)
         # Write-ahead: durable (per the fsync policy) before a byte goes upstream.
         await self.audit.write_ahead("authorized", **request_record(ctx))
         ctx.authorized = True
-        if obligations.audit_capture != "none":
-            ctx.response_capture = ResponseCapture(obligations.audit_capture)
-        relay_started = time.monotonic()
-        try:
-            return await self.upstream.relay(
-                request, ctx, method=route.method, url=url, headers=signed, body=body
+        ctx.relay = RelayResult(capture=prepared.capture)
+        return await self.forward(request, route, outgoing, ctx.relay)
+
+    async def admit(self, request: web.Request, route: Route) -> Admitted:
+        body = await _read_body(request, self.settings.max_body_bytes)
+        region = resolve_region(
+            request.headers.get("Host"),
+            request.headers.get("Authorization"),
+            self.settings.default_region,
+        )
+        document = await offload_if_large(len(body), _json_document, route, body)
+        model = _model(route, document, region, self.settings.default_account)
+        account = (model.account if model else None) or self.settings.default_account
+        task_id = _task_id(request.headers.get("X-Task-Id"))
+        return Admitted(body, document, Target(region, account, model, task_id))
+
+    async def inspect(
+        self,
+        request: web.Request,
+        identity: WorkloadIdentity,
+        route: Route,
+        admitted: Admitted,
+    ) -> Inspected:
+        body, document = admitted.body, admitted.document
+        classification = await self.classifier.classify(
+            request.headers.get("X-Data-Classification"),
+            body,
+            operation=route.operation,
+            spiffe_id=identity.spiffe_id,
+            document=document,
+        )
+        return Inspected(
+            classification=classification,
+            tools=_tool_names(document),
+            guardrail=_requested_guardrail(route, request, document),
+            async_output=_async_output(route, document),
+            prompt_sha256=await offload_if_large(len(body), _sha256, body),
+        )
+
+    async def decide(
+        self,
+        identity: WorkloadIdentity,
+        route: Route,
+        admitted: Admitted,
+        inspected: Inspected,
+        task: Task | None,
+    ) -> Decision:
+        target = admitted.target
+        query = PolicyQuery(
+            identity=identity,
+            route=route,
+            model=target.model,
+            region=target.region,
+            account=target.account,
+            body_bytes=len(admitted.body),
+            tools=inspected.tools,
+            guardrail=inspected.guardrail,
+            classification=inspected.classification,
+            now=self.clock(),
+            async_output=inspected.async_output,
+            task=task,
+        )
+        started = time.monotonic()
+        decision = await self.decider.decide(build_opa_input(query))
+        self.metrics.decision_seconds.observe(time.monotonic() - started)
+        return decision
+
+    async def authorize(
+        self,
+        decision: Decision,
+        identity: WorkloadIdentity,
+        admitted: Admitted,
+        inspected: Inspected,
+        task: Task | None,
+    ) -> tuple[Obligations, Task | None]:
+        """An allow with its obligations, and the task with this call counted; else refuse."""
+        if not decision.allow or decision.obligations is None:
+            raise PolicyDenied(
+                f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
             )
+        if task is not None:
+            # Atomic check-and-count: concurrent calls cannot overrun max_calls.
+            model = admitted.target.model
+            call = CallRecord(
+                model.id if model else None, inspected.classification.effective, inspected.tools
+            )
+            task = await self.tasks.record_call(task, identity.spiffe_id, call)
+        return decision.obligations, task
+
+    async def prepare(
+        self,
+        request: web.Request,
+        route: Route,
+        admitted: Admitted,
+        inspected: Inspected,
+        obligations: Obligations,
+    ) -> Prepared:
+        """Apply the obligations to the request; keep what the audit obligation asks for."""
+        headers, body = await offload_if_large(
+            len(admitted.body),
+            apply_obligations,
+            route,
+            admitted.target.model,
+            forwardable_headers(request.headers.items()),
+            admitted.body,
+            obligations,
+            # Edited in place, not read again here; an empty body reads as {} for the
+            # policy but is no JSON object to edit.
+            admitted.document if admitted.body else None,
+        )
+        capture = obligations.audit_capture
+        keep_hash, captured = await offload_if_large(
+            len(body), prompt_capture, capture, route.operation, body
+        )
+        return Prepared(
+            headers=headers,
+            body=body,
+            prompt=PromptRecord(inspected.prompt_sha256 if keep_hash else None, captured),
+            capture=None if capture == "none" else ResponseCapture(capture),
+        )
+
+    async def sign(
+        self,
+        route: Route,
+        target: Target,
+        prepared: Prepared,
+        credentials: SessionCredentials,
+    ) -> Outgoing:
+        url = self.settings.upstream_base(target.region) + route.wire_path
+        if route.wire_query:
+            url += "?" + route.wire_query
+        signed = await offload_if_large(
+            len(prepared.body),
+            sign_request,
+            method=route.method,
+            url=url,
+            headers=prepared.headers,
+            body=prepared.body,
+            credentials=credentials,
+            region=target.region,
+        )
+        return Outgoing(route.method, url, signed, prepared.body)
+
+    async def forward(
+        self, request: web.Request, route: Route, outgoing: Outgoing, result: RelayResult
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            return await self.upstream.relay(request, outgoing, result)
         finally:
             self.metrics.upstream_seconds.labels(route.operation).observe(
-                time.monotonic() - relay_started
+                time.monotonic() - started
             )
+
+    def _scope(
+        self,
+        identity: WorkloadIdentity,
+        route: Route,
+        target: Target,
+        inspected: Inspected,
+        obligations: Obligations,
+        task: Task | None,
+    ) -> CredentialScope:
+        return CredentialScope(
+            role_arn=obligations.role_arn,
+            spiffe_id=identity.spiffe_id,
+            trust_domain=identity.trust_domain,
+            workload_path=identity.path,
+            task_id=target.task_id,
+            region=target.region,
+            resource_arns=_resource_arns(route, target.model, target.region, target.account),
+            actions=route.iam_actions,
+            classification=inspected.classification.effective,
+            session_seconds=obligations.session_seconds,
+            not_after=task.expires_at if task else None,
+        )
 
     async def _task(self, task_id: str | None, spiffe_id: str) -> Task | None:
         if task_id is None:

@@ -10,18 +10,46 @@ request instead of letting it run on unpaid-for.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from proxy.aws.signing import returnable_headers
-from proxy.context import RequestContext
-from proxy.dataplane.observe import ResponseObserver
-from proxy.errors import UpstreamUnavailable
+from proxy.dataplane.observe import Observation, ResponseObserver
+from proxy.dataplane.response_capture import ResponseCapture
+from proxy.errors import Outcome, UpstreamUnavailable
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The signed request, exactly as it goes upstream."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class RelayResult:
+    """What the relay observed; filled as the response streams, final when it ends.
+
+    Mutable on purpose: a client that goes away mid-stream still leaves what was
+    seen so far (status, bytes, first-byte time) for the audit record.
+    """
+
+    capture: ResponseCapture | None = None
+    status: int | None = None
+    aws_request_id: str | None = None
+    ttfb_ms: float | None = None
+    bytes_out: int = 0
+    observation: Observation | None = None
+    outcome: Outcome = Outcome.CLIENT_ABORTED
+    error: UpstreamUnavailable | None = field(default=None)
 
 
 class Upstream:
@@ -44,27 +72,24 @@ class Upstream:
             await self._session.close()
 
     async def relay(
-        self,
-        request: web.Request,
-        ctx: RequestContext,
-        *,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes,
+        self, request: web.Request, outgoing: Outgoing, result: RelayResult
     ) -> web.StreamResponse:
+        """Send ``outgoing`` and stream the answer to ``request``, recording into ``result``."""
         assert self._session is not None, "Upstream.start() was not awaited"
         sent_at = time.monotonic()
         try:
             upstream = await self._session.request(
-                method, URL(url, encoded=True), headers=dict(headers), data=body
+                outgoing.method,
+                URL(outgoing.url, encoded=True),
+                headers=dict(outgoing.headers),
+                data=outgoing.body,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 "Bedrock could not be reached", detail=f"{type(exc).__name__}: {exc}"
             ) from exc
         try:
-            return await self._stream_back(request, ctx, upstream, sent_at)
+            return await self._stream_back(request, upstream, sent_at, result)
         finally:
             # close(), not release(): an unfinished upstream body must be aborted.
             upstream.close()
@@ -72,16 +97,16 @@ class Upstream:
     async def _stream_back(
         self,
         request: web.Request,
-        ctx: RequestContext,
         upstream: aiohttp.ClientResponse,
         sent_at: float,
+        result: RelayResult,
     ) -> web.StreamResponse:
-        ctx.upstream_status = upstream.status
-        ctx.aws_request_id = upstream.headers.get("x-amzn-RequestId")
+        result.status = upstream.status
+        result.aws_request_id = upstream.headers.get("x-amzn-RequestId")
         observer = ResponseObserver(
-            upstream.headers.get("Content-Type", ""), upstream.headers, ctx.response_capture
+            upstream.headers.get("Content-Type", ""), upstream.headers, result.capture
         )
-        ctx.observation = observer.observation
+        result.observation = observer.observation
         response = web.StreamResponse(
             status=upstream.status, headers=returnable_headers(upstream.headers)
         )
@@ -90,35 +115,26 @@ class Upstream:
             response.content_length = int(length)
         try:
             await response.prepare(request)
-        except ConnectionResetError:
-            ctx.outcome = "client_aborted"
-            return response
-        try:
             while chunk := await self._read(upstream):
-                if ctx.ttfb_ms is None:
-                    ctx.ttfb_ms = round((time.monotonic() - sent_at) * 1000, 3)
-                try:
-                    await response.write(chunk)
-                except ConnectionResetError:
-                    ctx.outcome = "client_aborted"
-                    return response
-                ctx.bytes_out += len(chunk)
+                if result.ttfb_ms is None:
+                    result.ttfb_ms = round((time.monotonic() - sent_at) * 1000, 3)
+                await response.write(chunk)
+                result.bytes_out += len(chunk)
                 observer.feed(chunk)
             await response.write_eof()
+        except ConnectionResetError:
+            return response  # the client went away: outcome stays client_aborted
         except UpstreamUnavailable as exc:
             # Upstream broke mid-body: nothing AWS-shaped can be sent any more, so
             # the client connection is cut to make the truncation visible.
-            ctx.outcome, ctx.error = "upstream_error", exc
+            result.outcome, result.error = Outcome.UPSTREAM_ERROR, exc
             if request.transport is not None:
                 request.transport.close()
             return response
-        except asyncio.CancelledError:
-            ctx.outcome = "client_aborted"
-            raise
         finally:
             observer.finish()
         failed = upstream.status >= 400 or observer.observation.exception is not None
-        ctx.outcome = "upstream_error" if failed else "ok"
+        result.outcome = Outcome.UPSTREAM_ERROR if failed else Outcome.OK
         return response
 
     @staticmethod

@@ -29,13 +29,13 @@ Security reasoning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
 from proxy.config import Settings
-from proxy.context import RequestContext
+from proxy.context import RequestContext, Target
 from proxy.errors import (
     InvalidRequest,
     PolicyDenied,
@@ -90,7 +90,7 @@ class TaskApi:
         wanted = parse_open_request(body)
         now = self.service.clock()
         task = new_task(wanted, identity.spiffe_id, now, new_task_id())
-        ctx.task_id = task.id
+        _name_task(ctx, task.id)
         await self._authorize(request, ctx, identity, task)
         await self.service.open(task, request_id=ctx.request_id)
         return self._done(ctx, task.to_json(now), status=201)
@@ -126,7 +126,7 @@ class TaskApi:
 
     async def admin_revoke(self, request: web.Request, ctx: RequestContext) -> web.Response:
         identity = self._identify(request, ctx, "EndTask")
-        task_id = ctx.task_id = request.match_info["task_id"]
+        task_id = _name_task(ctx, request.match_info["task_id"])
         task = await self.service.store.get(task_id)
         await self._authorize_admin(request, ctx, identity, task)
         if task is None:
@@ -142,18 +142,18 @@ class TaskApi:
     ) -> WorkloadIdentity:
         ctx.route = task_route(operation, request.method, request.path)
         ctx.identity = self.identities.of_connection(request.transport, self.service.clock())
-        ctx.region = resolve_region(
+        region = resolve_region(
             request.headers.get("Host"),
             request.headers.get("Authorization"),
             self.settings.default_region,
         )
-        ctx.account = self.settings.default_account
+        ctx.target = Target(region, self.settings.default_account)
         return ctx.identity
 
     async def _own_task(
         self, request: web.Request, ctx: RequestContext, identity: WorkloadIdentity
     ) -> Task:
-        task_id = ctx.task_id = request.match_info["task_id"]
+        task_id = _name_task(ctx, request.match_info["task_id"])
         task = await self.service.store.get(task_id)
         if task is None or task.opened_by != identity.spiffe_id:
             raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
@@ -162,15 +162,15 @@ class TaskApi:
     def _query(
         self, ctx: RequestContext, identity: WorkloadIdentity, task: Task | None
     ) -> dict[str, Any]:
-        assert ctx.route is not None and ctx.region is not None
+        assert ctx.route is not None and ctx.target is not None
         ctx.classification = classify(task.classification if task else None, b"")
         return build_opa_input(
             PolicyQuery(
                 identity=identity,
                 route=ctx.route,
                 model=None,
-                region=ctx.region,
-                account=ctx.account,
+                region=ctx.target.region,
+                account=ctx.target.account,
                 body_bytes=ctx.bytes_in,
                 tools=(),
                 guardrail=None,
@@ -200,10 +200,16 @@ class TaskApi:
     def _done(
         self, ctx: RequestContext, document: dict[str, Any], *, status: int = 200
     ) -> web.Response:
-        ctx.authorized, ctx.outcome = True, "ok"
+        ctx.authorized = True
         return web.json_response(
             document, status=status, headers={"x-amzn-RequestId": ctx.request_id}
         )
+
+
+def _name_task(ctx: RequestContext, task_id: str) -> str:
+    assert ctx.target is not None, "the caller is identified first"
+    ctx.target = replace(ctx.target, task_id=task_id)
+    return task_id
 
 
 def _enforce(decision: Decision) -> None:

@@ -1,4 +1,4 @@
-"""proxy.audit.log: one escaped JSON line per record, the DESIGN.md section 7 field
+"""proxy.audit.log: one escaped JSON line per record, the docs/audit.md field
 names, and exactly one terminal record per request."""
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from proxy.audit.sinks import FileSink
 from proxy.audit.verify import verify
 from proxy.aws.credentials import CredentialScope, SessionCredentials
 from proxy.config import AuditSettings
-from proxy.context import RequestContext
+from proxy.context import PromptRecord, RequestContext, Target
 from proxy.dataplane.observe import Observation
+from proxy.dataplane.upstream import RelayResult
 from proxy.errors import (
     AuditUnavailable,
     ConfigError,
     InvalidRequest,
+    Outcome,
     PolicyDenied,
     PolicyUnavailable,
     ProxyError,
@@ -178,7 +180,7 @@ def test_unwritable_path_is_a_start_up_error(tmp_path: Path) -> None:
 
 # --- records built from the request context ---------------------------------
 
-# DESIGN.md section 7. ts/event come from the log itself; outcome, latency_ms
+# docs/audit.md. ts/event come from the log itself; outcome, latency_ms
 # and ttfb_ms from the terminal record; seq/prev_hash/hash (the hash chain)
 # are not produced by this module.
 REQUEST_FIELDS = {
@@ -224,10 +226,7 @@ def _full_context() -> RequestContext:
         peer="127.0.0.1:5555",
         identity=identity,
         route=route,
-        model=parse_model_id(HAIKU, "us-east-1", ACCT),
-        region="us-east-1",
-        account=ACCT,
-        task_id="task-1",
+        target=Target("us-east-1", ACCT, parse_model_id(HAIKU, "us-east-1", ACCT), "task-1"),
         classification=Classification("confidential", "public", "confidential", ("email",)),
         decision=Decision(True, ("ok",), obligations, "dec-1", "bundle:r1"),
         scope=CredentialScope(
@@ -251,17 +250,19 @@ def _full_context() -> RequestContext:
             source_identity="spiffe.example.org.chat",
             assumed_role_arn=f"arn:aws:sts::{ACCT}:assumed-role/bedrock-chat/s",
         ),
-        prompt_sha256="ab" * 32,
+        prompt=PromptRecord("ab" * 32),
         bytes_in=100,
-        bytes_out=2000,
         authorized=True,
-        upstream_status=200,
-        aws_request_id="aws-req-1",
-        ttfb_ms=12.5,
-        observation=Observation(
-            input_tokens=10, output_tokens=20, tool_calls=["search"], stop_reason="end_turn"
+        relay=RelayResult(
+            status=200,
+            aws_request_id="aws-req-1",
+            ttfb_ms=12.5,
+            bytes_out=2000,
+            observation=Observation(
+                input_tokens=10, output_tokens=20, tool_calls=["search"], stop_reason="end_turn"
+            ),
+            outcome=Outcome.OK,
         ),
-        outcome="ok",
     )
     return ctx
 
@@ -306,31 +307,48 @@ def test_request_record_of_empty_context() -> None:
 
 
 @pytest.mark.parametrize(
-    ("authorized", "outcome", "error", "event"),
+    ("ctx", "outcome", "event"),
     [
-        (True, "ok", None, "completed"),
-        (True, "client_aborted", None, "completed"),
+        (RequestContext(authorized=True, relay=RelayResult(outcome=Outcome.OK)), "ok", "completed"),
+        # A relay that never finished: the client went away mid-stream.
+        (RequestContext(authorized=True, relay=RelayResult()), "client_aborted", "completed"),
+        (RequestContext(aborted=True), "client_aborted", "denied"),
         (
-            True,
+            RequestContext(
+                authorized=True,
+                relay=RelayResult(
+                    outcome=Outcome.UPSTREAM_ERROR,
+                    error=UpstreamUnavailable("upstream broke", detail="reset"),
+                ),
+            ),
             "upstream_error",
-            UpstreamUnavailable("upstream broke", detail="reset"),
             "completed",
         ),
-        (True, "audit_unavailable", AuditUnavailable("audit down"), "completed"),
-        (False, "denied", PolicyDenied("denied: no task"), "denied"),
-        (False, "policy_unavailable", PolicyUnavailable("opa down", detail="timeout"), "denied"),
-        (False, "invalid_request", InvalidRequest("bad model id"), "denied"),
+        (
+            RequestContext(authorized=True, error=AuditUnavailable("audit down")),
+            "audit_unavailable",
+            "completed",
+        ),
+        (RequestContext(error=PolicyDenied("denied: no task")), "denied", "denied"),
+        (
+            RequestContext(error=PolicyUnavailable("opa down", detail="timeout")),
+            "policy_unavailable",
+            "denied",
+        ),
+        (RequestContext(error=InvalidRequest("bad model id")), "invalid_request", "denied"),
+        (RequestContext(error=ProxyError("bug", detail="KeyError")), "internal_error", "denied"),
+        # Neither refused nor authorized: the handler skipped a stage, which is a bug.
+        (RequestContext(), "internal_error", "denied"),
     ],
 )
-def test_terminal_record(
-    authorized: bool, outcome: str, error: ProxyError | None, event: str
-) -> None:
-    ctx = RequestContext(authorized=authorized, outcome=outcome, error=error, ttfb_ms=None)
+def test_terminal_record(ctx: RequestContext, outcome: str, event: str) -> None:
     name, fields = terminal_record(ctx)
     assert name == event
     assert TERMINAL_FIELDS <= set(fields)
     assert fields["outcome"] == outcome
+    assert outcome in {o.value for o in Outcome}
     assert isinstance(fields["latency_ms"], float) and fields["latency_ms"] >= 0
+    error = ctx.error or (ctx.relay.error if ctx.relay else None)
     if error is None:
         assert "error" not in fields
     else:

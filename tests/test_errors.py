@@ -1,0 +1,53 @@
+"""proxy.errors: one family, each refusal with its status, AWS type, code and outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy import errors
+from proxy.errors import Outcome, ProxyError, http_refusal
+
+
+def _subclasses(cls: type[ProxyError]) -> list[type[ProxyError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def test_every_error_maps_to_a_known_outcome_and_an_error_status() -> None:
+    classes = [ProxyError, *_subclasses(ProxyError)]
+    assert len(classes) > 10
+    for cls in classes:
+        assert isinstance(cls.outcome, Outcome), cls
+        assert 400 <= cls.status < 600, cls
+        assert cls.error_type.endswith("Exception"), cls
+        assert cls.code.isidentifier() and cls.code == cls.code.lower(), cls
+
+
+def test_an_unclassified_error_is_an_internal_error() -> None:
+    assert ProxyError("bug").outcome is Outcome.INTERNAL_ERROR
+    assert ProxyError("bug").status == 500
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "error_type"),
+    [
+        (400, errors.InvalidRequest, "ValidationException"),
+        (404, errors.UnknownOperation, "UnknownOperationException"),
+        (405, errors.MethodNotAllowed, "ValidationException"),
+        (413, errors.BodyTooLarge, "ValidationException"),
+        (431, errors.HeadersTooLarge, "ValidationException"),
+        # Anything else aiohttp refuses is a malformed request.
+        (411, errors.InvalidRequest, "ValidationException"),
+    ],
+)
+def test_http_refusals_keep_their_status_in_aws_shape(
+    status: int, cls: type[ProxyError], error_type: str
+) -> None:
+    refusal = http_refusal(status, "Refused")
+    assert type(refusal) is cls
+    assert refusal.status == (400 if cls is errors.InvalidRequest else status)
+    assert refusal.error_type == error_type
+    assert refusal.outcome is Outcome.INVALID_REQUEST
+    assert refusal.message == "Refused"
