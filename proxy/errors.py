@@ -68,14 +68,9 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
-class HeadersTooLarge(InvalidRequest):
-    status = 431
-    code = "headers_too_large"
-
-
 def http_refusal(status: int, reason: str) -> InvalidRequest:
-    """aiohttp's own refusals (unparsable request line, unknown route...) in AWS shape."""
-    kind = {404: UnknownOperation, 405: MethodNotAllowed, 413: BodyTooLarge, 431: HeadersTooLarge}
+    """A refusal raised by aiohttp's router (no such route, wrong method) in AWS shape."""
+    kind = {404: UnknownOperation, 405: MethodNotAllowed, 413: BodyTooLarge}
     return kind.get(status, InvalidRequest)(reason)
 
 

@@ -37,7 +37,6 @@ def test_an_unclassified_error_is_an_internal_error() -> None:
         (404, errors.UnknownOperation, "UnknownOperationException"),
         (405, errors.MethodNotAllowed, "ValidationException"),
         (413, errors.BodyTooLarge, "ValidationException"),
-        (431, errors.HeadersTooLarge, "ValidationException"),
         # Anything else aiohttp refuses is a malformed request.
         (411, errors.InvalidRequest, "ValidationException"),
     ],

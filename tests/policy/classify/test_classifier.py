@@ -1,0 +1,116 @@
+"""proxy.policy.classify.classifier: declared can raise, never lower, the effective level."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+import proxy.policy.classify.classifier
+from proxy.errors import InvalidRequest
+from proxy.offload import OFFLOAD_BYTES
+from proxy.policy.classify.classifier import Classification, Classifier, classify
+from proxy.policy.classify.rules import (
+    BUILTIN_RULES,
+    LEVELS,
+    ClassificationRules,
+)
+from proxy.policy.classify.scan import scan_body
+from tests.policy.classify.samples import AWS_SECRET, converse_body
+
+
+@pytest.mark.parametrize(
+    ("header", "declared"),
+    [
+        ("public", "public"),
+        ("internal", "internal"),
+        ("confidential", "confidential"),
+        ("restricted", "restricted"),
+        (None, "internal"),  # unlabelled calls count as internal data
+    ],
+)
+def test_declared_levels(header: str | None, declared: str) -> None:
+    result = classify(header, b'{"messages": []}')
+    assert result == Classification(declared, "public", declared, ())
+    assert result.to_opa() == {
+        "declared": declared,
+        "detected": "public",
+        "effective": declared,
+        "findings": [],
+    }
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "Public",
+        "RESTRICTED",
+        " internal",
+        "internal ",
+        "secret",
+        "public,restricted",
+        "internal\r\nX-Evil: 1",
+        "x" * 1000,
+    ],
+)
+def test_bad_declared_level_is_invalid(header: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        classify(header, b"")
+    assert info.value.status == 400
+    assert "X-Data-Classification" in info.value.message
+    # The echo of the caller's value is bounded.
+    assert len(info.value.message) < 200
+
+
+@pytest.mark.parametrize("header", [*LEVELS, None])
+@pytest.mark.parametrize(
+    "body", [b"", b"{}", b"my card is 4111 1111 1111 1111, ssn 078-05-1120", b"\xff\x00"]
+)
+def test_effective_never_below_declared(header: str | None, body: bytes) -> None:
+    result = classify(header, body)
+    assert LEVELS.index(result.effective) >= LEVELS.index(result.declared)
+    assert LEVELS.index(result.effective) >= LEVELS.index(result.detected)
+    assert result.effective in (result.declared, result.detected)
+
+
+def test_budget_exhausted_reports_scan_incomplete() -> None:
+    ticks = iter(range(100))
+    body = converse_body({"text": "a"}, {"text": "b"})
+    kinds = scan_body(body, operation="Converse", deadline=0.5, clock=lambda: next(ticks))
+    assert kinds == ("scan_incomplete",)
+    result = classify("public", body, budget_s=-1)
+    assert result.effective == "restricted"
+
+
+def test_downgrade_attempt_is_raised() -> None:
+    result = classify("public", converse_body({"text": f"use {AWS_SECRET}"}))
+    assert result == Classification("public", "restricted", "restricted", ("aws_secret_key",))
+    assert AWS_SECRET not in json.dumps(result.to_opa())
+
+
+async def test_classifier_scans_large_bodies_in_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[int] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Classification:
+        threads.append(threading.get_ident())
+        return classify(*args, **kwargs)
+
+    monkeypatch.setattr(proxy.policy.classify.classifier, "classify", recording)
+    classifier = Classifier(None)
+    small = converse_body({"text": "x" * 20})
+    large = converse_body({"text": f"{'x ' * OFFLOAD_BYTES} {AWS_SECRET}"})
+    assert await classifier.classify(
+        None, small, operation="Converse", spiffe_id="spiffe://td/w"
+    ) == Classification("internal", "public", "internal", ())
+    found = await classifier.classify(
+        "public", large, operation="Converse", spiffe_id="spiffe://td/w"
+    )
+    assert found.findings == ("aws_secret_key",)
+    assert threads[0] == threading.get_ident()
+    assert threads[1] != threading.get_ident()
+    assert isinstance(ClassificationRules().levels, type(BUILTIN_RULES.levels))

@@ -1,0 +1,119 @@
+"""proxy.policy.classify.rules: policy data read from OPA, the last good copy kept."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from proxy.policy.classify.classifier import classify
+from proxy.policy.classify.rules import (
+    BUILTIN_RULES,
+    PolicyRules,
+    rules_from_policy,
+)
+from proxy.policy.opa import OpaClient
+from tests.policy.classify.samples import IMAGE, converse_body
+from tests.policy.conftest import refused_url, serve
+
+
+def test_rules_from_policy_and_workload_default() -> None:
+    rules = rules_from_policy(
+        {
+            "levels": {"email": "restricted"},
+            "workload_defaults": {"spiffe://td/w": "confidential"},
+            "default_declared": "public",
+        }
+    )
+    body = converse_body({"text": "a@example.org"})
+    assert classify(None, body, rules=rules, spiffe_id="spiffe://td/w").declared == "confidential"
+    assert classify(None, b"{}", rules=rules, spiffe_id="spiffe://td/x").declared == "public"
+    assert classify("public", body, rules=rules).detected == "restricted"
+    # A kind the map does not name counts as restricted.
+    assert classify("public", converse_body(IMAGE), rules=rules).detected == "restricted"
+    assert BUILTIN_RULES.level_of("binary_content") == "confidential"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        {"levels": {"email": "secret"}},
+        {"levels": []},
+        {"workload_defaults": {"w": 3}},
+        {"default_declared": "none"},
+    ],
+)
+def test_malformed_rules_are_refused(document: object) -> None:
+    with pytest.raises(ValueError):
+        rules_from_policy(document)
+
+
+CLASSIFICATION_PATH = "/v1/data/bedrock/classification"
+POLICY_DOCUMENT = {"levels": {"email": "restricted"}, "default_declared": "public"}
+
+
+class RulesOpa:
+    """A stand-in OPA publishing (or not) ``data.bedrock.classification``."""
+
+    def __init__(self) -> None:
+        self.answer: object = {"result": POLICY_DOCUMENT}
+        self.status = 200
+        self.asked = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.asked += 1
+        if isinstance(self.answer, bytes):
+            return web.Response(body=self.answer, status=self.status)
+        return web.json_response(self.answer, status=self.status)
+
+
+async def test_policy_rules_are_read_from_opa_and_cached_for_the_ttl() -> None:
+    opa_side, now = RulesOpa(), [0.0]
+    async with (
+        serve({("GET", CLASSIFICATION_PATH): opa_side.handle}) as url,
+        OpaClient(url, timeout_s=2.0) as opa,
+    ):
+        rules = PolicyRules(opa, ttl_s=30.0, clock=lambda: now[0])
+        await rules.start()
+        assert (await rules.current()).level_of("email") == "restricted"
+        assert (await rules.current()).declared_default(None) == "public"
+        assert opa_side.asked == 1
+        opa_side.answer = {}  # the policy no longer publishes the document: built-in map
+        now[0] = 31.0
+        assert await rules.current() == BUILTIN_RULES
+        assert opa_side.asked == 2
+
+
+@pytest.mark.parametrize("failure", ["status", "malformed", "not-json"])
+async def test_policy_rules_keep_the_last_good_copy_and_retry_at_the_next_ttl(
+    failure: str,
+) -> None:
+    opa_side, now = RulesOpa(), [0.0]
+    async with (
+        serve({("GET", CLASSIFICATION_PATH): opa_side.handle}) as url,
+        OpaClient(url, timeout_s=2.0) as opa,
+    ):
+        rules = PolicyRules(opa, ttl_s=30.0, clock=lambda: now[0])
+        await rules.start()
+        good = await rules.current()
+        if failure == "status":
+            opa_side.status = 500
+        elif failure == "malformed":
+            opa_side.answer = {"result": {"levels": {"email": "secret"}}}
+        else:
+            opa_side.answer = b"<html>proxy error</html>"
+        now[0] = 31.0
+        for _ in range(3):
+            assert await rules.current() == good
+        # A failure is not retried per request, only at the next TTL.
+        assert opa_side.asked == 2
+        opa_side.status, opa_side.answer = 200, {"result": {"levels": {"email": "public"}}}
+        now[0] = 62.0
+        assert (await rules.current()).level_of("email") == "public"
+
+
+async def test_policy_rules_start_on_builtins_when_opa_is_unreachable() -> None:
+    async with OpaClient(refused_url(), timeout_s=2.0) as opa:
+        rules = PolicyRules(opa)
+        await rules.start()
+        assert await rules.current() == BUILTIN_RULES
