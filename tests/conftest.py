@@ -22,9 +22,17 @@ import boto3
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
+from hypothesis import HealthCheck, settings
 
 from proxy_dev import devstack
 from tests import certs
+
+# Property tests assert rules about all inputs, never timings: no per-example
+# deadline on a shared, noisy machine; a fixed example budget keeps CI bounded.
+settings.register_profile(
+    "project", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("project")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POLICIES = PROJECT_ROOT / "policies"
