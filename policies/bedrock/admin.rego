@@ -35,8 +35,10 @@ trust_domain := lib.field(["identity", "trust_domain"])
 
 operation := lib.field(["request", "operation"])
 
+# Resolved as the runtime resolves it, so an identity a "/*" pattern registers
+# is a runtime workload here too.
 deny contains msg if {
-	is_object(lib.workloads[spiffe_id])
+	is_object(lib.workload_entry(spiffe_id))
 	msg := sprintf("runtime_identity_on_admin: %v is a runtime workload and may not use the admin plane", [spiffe_id])
 }
 

@@ -68,6 +68,15 @@ test_admin_registered_as_workload_is_denied if {
 	codes(decision) == {"runtime_identity_on_admin"}
 }
 
+# The admin plane resolves the registry as the runtime does: an admin that a
+# "/*" pattern registers is a runtime workload (and the runtime would call it
+# registered, and deny it as an admin).
+test_admin_registered_by_a_pattern_is_denied if {
+	decision := admin.decision with input as request(admin_id, "example.org", "GetStatus")
+		with data.bedrock.workloads as object.union(data.bedrock.workloads, {"spiffe://example.org/ns/platform/*": {"operations": []}})
+	codes(decision) == {"runtime_identity_on_admin"}
+}
+
 test_admin_reason_names_the_identity if {
 	decision := admin.decision with input as request(chat, "example.org", "GetStatus")
 	"runtime_identity_on_admin: spiffe://example.org/ns/demo/sa/chat is a runtime workload and may not use the admin plane" in decision.reasons

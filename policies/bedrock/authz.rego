@@ -62,26 +62,9 @@ model_id := lib.field(["request", "model", "id"])
 
 max_classification := object.get(workload, "max_classification", null)
 
-# Exact key lookup first. A key ending in "/*" registers every ID below that
-# path, matched by whole segments only: "spiffe://td/sa/agent/*" covers
-# "spiffe://td/sa/agent/a1" but never "spiffe://td/sa/agent-evil/a1". The most
-# specific (longest) pattern wins.
-workload := entry if {
-	entry := lib.workloads[spiffe_id]
-} else := lib.workloads[segment_pattern]
-
-segment_patterns := {pattern |
-	some pattern, _ in lib.workloads
-	endswith(pattern, "/*")
-	is_string(spiffe_id)
-	startswith(spiffe_id, trim_suffix(pattern, "*"))
-}
-
-segment_pattern := pattern if {
-	longest := max({count(p) | some p in segment_patterns})
-	some pattern in segment_patterns
-	count(pattern) == longest
-}
+# Exact key first, else the longest whole-segment "/*" pattern: the one
+# resolver (lib.registry_entry) every other read of the registry uses too.
+workload := lib.workload_entry(spiffe_id)
 
 registered if is_object(workload)
 

@@ -15,7 +15,8 @@
 #     admins:           [SPIFFE ID]         admin-plane identities only
 #     admin_operations: [string]            operations the admin plane allows
 #     workloads:        {SPIFFE ID: entry}  runtime registry: exact keys, or
-#                                            "spiffe://td/path/*" for whole segments
+#                                            "spiffe://td/path/*" for whole segments,
+#                                            read only through workload_entry
 #     models:           {model id: {max_classification}}  per-model ceilings
 #     default_model_max_classification: level for models not in `models`
 #     geo_max_classification: {geo: level}   ceilings of cross-region profiles
@@ -26,7 +27,8 @@
 #   session_seconds (900-43200, the STS range), optional audit_capture
 #   (none|hash|redacted|full, default hash), require_task (bool), tools
 #   (approved tool names), output_buckets (async invoke), roles ({account:
-#   role ARN}), data_residency ("eu").
+#   role ARN}), data_residency ("eu"), default_classification (the declared
+#   level of a call without X-Data-Classification).
 package bedrock.lib
 
 # A non-object input (absent, a string, ...) is read as {} so that every
@@ -57,6 +59,38 @@ admin_operations := data.bedrock.admin_operations
 default workloads := {}
 
 workloads := data.bedrock.workloads
+
+# The one resolver of registry keys, for every map keyed by SPIFFE ID (the
+# workload registry, tasks' call_budgets): an exact key first; else a key
+# ending in "/*", which registers every ID below that path by whole segments
+# only ("spiffe://td/sa/agent/*" covers "spiffe://td/sa/agent/a1" but never
+# "spiffe://td/sa/agent-evil/a1"), the most specific (longest) pattern
+# winning. Undefined when nothing matches. Every read of a registry entry goes
+# through here, so no rule can see a different entry than authorization did.
+registry_entry(registry, spiffe_id) := entry if {
+	is_string(spiffe_id)
+	entry := registry[spiffe_id]
+} else := registry[registry_pattern(registry, spiffe_id)]
+
+# Two matching patterns of one length are the same string (both are prefixes
+# of the ID), so the longest is unique.
+registry_pattern(registry, spiffe_id) := pattern if {
+	matching := {p | some p, _ in registry; segment_match(p, spiffe_id)}
+	longest := max({count(p) | some p in matching})
+	some pattern in matching
+	count(pattern) == longest
+}
+
+segment_match(pattern, spiffe_id) if {
+	is_string(pattern)
+	is_string(spiffe_id)
+	endswith(pattern, "/*")
+	startswith(spiffe_id, trim_suffix(pattern, "*"))
+}
+
+# The caller's workload entry, as authorization, tasks, classification and
+# the admin plane all read it.
+workload_entry(spiffe_id) := registry_entry(workloads, spiffe_id)
 
 default model_catalogue := {}
 

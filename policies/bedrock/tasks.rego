@@ -6,7 +6,7 @@
 #
 #   open:                {min_ttl_seconds, max_ttl_seconds, max_calls}
 #   default_call_budget: number   calls a task may make unless overridden
-#   call_budgets:        {SPIFFE ID: number}
+#   call_budgets:        {SPIFFE ID or "/*" pattern: number}
 #
 # OpenTask: input.task is the task as it would be opened. Bounds that the
 # caller can fix are reported as invalid_* reasons; the proxy answers a deny
@@ -32,7 +32,11 @@ task_operations := {"OpenTask", "GetTask", "EndTask"}
 
 open_bounds := object.get(task_data, "open", {})
 
-call_budget := object.get(object.get(task_data, "call_budgets", {}), spiffe_id, object.get(task_data, "default_call_budget", 0))
+# call_budgets keys resolve like registry keys (exact, else the longest "/*"
+# pattern), so a budget follows the identity however it was registered.
+call_budget := budget if {
+	budget := lib.registry_entry(object.get(task_data, "call_budgets", {}), spiffe_id)
+} else := object.get(task_data, "default_call_budget", 0)
 
 in_task if {
 	is_object(task)

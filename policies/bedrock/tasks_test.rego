@@ -86,3 +86,27 @@ via_profile(foundation_id) := {"model": {
 	"id": concat("", ["us.", foundation_id]), "kind": "inference-profile",
 	"provider": "anthropic", "geo": "us", "foundation_id": foundation_id,
 }}
+
+# call_budgets keys resolve like registry keys: exact, else the longest "/*" pattern.
+budgets := {
+	"spiffe://example.org/ns/demo/*": 5,
+	"spiffe://example.org/ns/demo/sa/*": 3,
+	"spiffe://example.org/ns/demo/sa/batch": 1,
+}
+
+test_call_budget_through_a_pattern[name] if {
+	some name, tc in {
+		"the longest pattern": [chat, 3],
+		"an exact key wins": ["spiffe://example.org/ns/demo/sa/batch", 1],
+		"a shorter pattern": ["spiffe://example.org/ns/demo/other", 5],
+		"segment boundary: the default": ["spiffe://example.org/ns/demo-evil/sa/chat", 1000],
+	}
+	budget := authz.call_budget with data.bedrock.tasks.call_budgets as budgets
+		with input as {"identity": {"spiffe_id": tc[0]}}
+	budget == tc[1]
+}
+
+test_budget_of_a_pattern_exhausts_the_task if {
+	codes(call({}, {"calls": 3}, "internal")) == {"task_budget_exhausted"} with data.bedrock.tasks.call_budgets as budgets
+	not "task_budget_exhausted" in codes(call({}, {"calls": 2}, "internal")) with data.bedrock.tasks.call_budgets as budgets
+}
