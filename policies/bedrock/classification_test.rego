@@ -25,12 +25,52 @@ test_shipped_levels_cover_every_detector if {
 	}
 }
 
-test_workload_defaults_only_valid_levels if {
-	classification.workload_defaults == {"spiffe://td/a": "confidential"} with data.bedrock.workloads as {
-		"spiffe://td/a": {"default_classification": "confidential"},
-		"spiffe://td/b": {"default_classification": "secret"},
-		"spiffe://td/c": {},
+# A registry where the default of an identity depends on how it is registered.
+defaults_registry := {
+	"spiffe://td/a": {"default_classification": "confidential"},
+	"spiffe://td/b": {"default_classification": "secret"},
+	"spiffe://td/c": {},
+	"spiffe://td/agents/*": {"default_classification": "confidential"},
+	"spiffe://td/agents/sa/*": {"default_classification": "restricted"},
+	"spiffe://td/agents/sa/plain": {},
+}
+
+test_declared_default_follows_the_resolved_entry[name] if {
+	some name, tc in {
+		"exact key": ["spiffe://td/a", "confidential"],
+		"not a level: none": ["spiffe://td/b", "internal"],
+		"entry without a default": ["spiffe://td/c", "internal"],
+		"through a pattern": ["spiffe://td/agents/planner", "confidential"],
+		"the longest pattern": ["spiffe://td/agents/sa/x", "restricted"],
+		"an exact entry without a default shadows its pattern": ["spiffe://td/agents/sa/plain", "internal"],
+		"segment boundary": ["spiffe://td/agents-evil/x", "internal"],
+		"unregistered": ["spiffe://td/z", "internal"],
+		"no identity": [null, "internal"],
 	}
+	declared := classification.declared_default with data.bedrock.workloads as defaults_registry
+		with input as {"identity": {"spiffe_id": tc[0]}}
+	declared == tc[1]
+}
+
+test_declared_default_without_input_is_internal if {
+	classification.declared_default == "internal" with data.bedrock.workloads as defaults_registry
+}
+
+# The proxy's `declared` for a call without the header is only a cached copy:
+# the policy raises the effective level to its own declared_default.
+test_effective_level_of_a_defaulted_call[name] if {
+	some name, tc in {
+		"raised to the pattern's default": ["spiffe://td/agents/planner", true, "internal", [], "confidential"],
+		"raised to the longest pattern's default": ["spiffe://td/agents/sa/x", true, "internal", [], "restricted"],
+		"a lower default keeps the claim": ["spiffe://td/agents/planner", true, "restricted", [], "restricted"],
+		"a finding above the default": ["spiffe://td/agents/planner", true, "public", ["aws_secret_key"], "restricted"],
+		"a declared level is not raised": ["spiffe://td/agents/planner", false, "internal", [], "internal"],
+		"defaulted must be the boolean true": ["spiffe://td/agents/planner", "true", "internal", [], "internal"],
+	}
+	c := {"effective": tc[2], "findings": tc[3], "defaulted": tc[1]}
+	level := classification.effective_level(c) with data.bedrock.workloads as defaults_registry
+		with input as {"identity": {"spiffe_id": tc[0]}}
+	level == tc[4]
 }
 
 test_unknown_kind_is_restricted if {
@@ -61,4 +101,26 @@ test_authz_uses_findings_not_only_the_claimed_level if {
 	}
 	some reason in authz.decision.reasons with input as input_doc
 	startswith(reason, "classification_too_high: restricted")
+}
+
+# A workload registered only by a pattern, whose default is above its ceiling:
+# the policy judges a defaulted call at that default even when the proxy
+# reported the global one (as a proxy that read only exact keys did).
+test_authz_judges_a_defaulted_call_at_the_pattern_default if {
+	agent := "spiffe://example.org/ns/agents/planner"
+	registry := object.union(
+		data.bedrock.workloads,
+		{"spiffe://example.org/ns/agents/*": {"default_classification": "confidential"}},
+	)
+	input_doc := {
+		"identity": {"spiffe_id": agent, "trust_domain": "example.org"},
+		"request": {"operation": "Converse", "region": "us-east-1", "account": "123456789012"},
+		"classification": {
+			"declared": "internal", "detected": "public", "effective": "internal",
+			"findings": [], "defaulted": true,
+		},
+	}
+	reasons := authz.decision.reasons with input as input_doc with data.bedrock.workloads as registry
+	some reason in reasons
+	startswith(reason, "classification_too_high: confidential is above the maximum internal")
 }
