@@ -9,16 +9,15 @@ costs more than the work does.
 A worker thread helps only while it lets the GIL go: Python bytecode does at
 every switch interval and hashlib does while it hashes, but one long C call
 (``re``, ``json``) keeps the GIL to its end and stalls the loop's thread just
-the same. Such work is cut into pieces: ``parse_json`` here,
-``classify._search`` for the detectors.
+the same. Such work is cut into pieces: ``request.body.parse_strict``
+hands the GIL over between JSON objects, ``detectors._search`` between windows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 OFFLOAD_BYTES = 256 * 1024
 
@@ -38,20 +37,3 @@ async def offload_if_large(
     if size > OFFLOAD_BYTES:
         return await asyncio.to_thread(work, *args, **kwargs)
     return work(*args, **kwargs)
-
-
-def parse_json(body: bytes) -> Any:
-    """``json.loads`` that lets the GIL go between JSON objects.
-
-    The C parser holds the GIL for the whole document (~300 ms for 15 MB of
-    small content blocks). A Python-level hook runs at the end of every object,
-    and there the interpreter can hand the GIL to the loop's thread; it costs
-    next to nothing. A huge array of bare scalars has no object to stop at and
-    is still parsed in one piece: no Bedrock body has that shape, and the body
-    limit bounds it.
-    """
-    return json.loads(body, object_hook=_handover)
-
-
-def _handover(document: dict[str, Any]) -> dict[str, Any]:
-    return document

@@ -313,3 +313,27 @@ deny contains msg if {
 		[owner_account, subject],
 	)
 }
+
+# Forwarded X-Amzn-Bedrock-* headers (request.bedrock_headers, names lower
+# case) that change what a call costs: a workload gets a service tier or a
+# latency mode other than Bedrock's default only when its entry lists it.
+# Request metadata and project identifiers only label the call (cost
+# allocation) and are allowed; they are on the audit record.
+bedrock_header(name, fallback) := value if {
+	value := lib.field(["request", "bedrock_headers", name])
+	value != null
+} else := fallback
+
+deny contains msg if {
+	registered
+	tier := bedrock_header("x-amzn-bedrock-service-tier", "default")
+	not tier in object.get(workload, "service_tiers", ["default"])
+	msg := sprintf("service_tier_not_allowed: service tier %v is not allowed for %s", [tier, subject])
+}
+
+deny contains msg if {
+	registered
+	latency := bedrock_header("x-amzn-bedrock-performanceconfig-latency", "standard")
+	not latency in object.get(workload, "latency_modes", ["standard"])
+	msg := sprintf("latency_mode_not_allowed: latency mode %v is not allowed for %s", [latency, subject])
+}

@@ -426,6 +426,30 @@ test_only_approved_tools if {
 	contains(decision.reasons[0], "shell_exec")
 }
 
+test_cost_headers_default_unless_the_workload_lists_more if {
+	decide([set("/request/bedrock_headers", {})]).allow
+	decide([set("/request/bedrock_headers", {
+		"x-amzn-bedrock-service-tier": "default",
+		"x-amzn-bedrock-performanceconfig-latency": "standard",
+		"x-amzn-bedrock-request-metadata": "{\"team\":\"demo\"}",
+		"x-amzn-bedrock-projectidentifier": "proj-1",
+	})]).allow
+	tier := decide([set("/request/bedrock_headers", {"x-amzn-bedrock-service-tier": "priority"})])
+	codes(tier) == {"service_tier_not_allowed"}
+	contains(tier.reasons[0], "priority")
+	latency := [set("/request/bedrock_headers", {"x-amzn-bedrock-performanceconfig-latency": "optimized"})]
+	codes(decide(latency)) == {"latency_mode_not_allowed"}
+	listed := {"service_tiers": ["default", "flex"], "latency_modes": ["standard", "optimized"]}
+	allowed := authz.decision with input as json.patch(base, [
+		set("/request/bedrock_headers", {
+			"x-amzn-bedrock-service-tier": "flex",
+			"x-amzn-bedrock-performanceconfig-latency": "optimized",
+		}),
+	])
+		with data.bedrock.workloads as object.union(data.bedrock.workloads, {chat: object.union(chat_entry, listed)})
+	allowed.allow
+}
+
 test_async_output_must_be_an_approved_bucket_in_an_allowed_account if {
 	async := [set("/request/operation", "StartAsyncInvoke")]
 	ok := {"s3_uri": "s3://demo-bedrock-output/runs/", "bucket_owner": "123456789012"}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,7 @@ from aiohttp import web
 
 from proxy.audit.log import AuditLog, request_record
 from proxy.aws.credentials import CredentialBroker, CredentialScope, SessionCredentials
-from proxy.aws.signing import forwardable_headers, sign_request
+from proxy.aws.signing import sign_request
 from proxy.config import Settings
 from proxy.context import PromptRecord, RequestContext, Target
 from proxy.dataplane.response_capture import ResponseCapture
@@ -45,7 +45,7 @@ from proxy.errors import (
 )
 from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.metrics import Metrics
-from proxy.offload import offload_if_large, parse_json
+from proxy.offload import offload_if_large
 from proxy.policy.classify.classifier import Classification, Classifier
 from proxy.policy.decision import (
     AsyncOutput,
@@ -57,6 +57,8 @@ from proxy.policy.decision import (
     build_opa_input,
 )
 from proxy.policy.obligations import apply_obligations, prompt_capture
+from proxy.request.body import read_document
+from proxy.request.headers import bedrock_headers, check_headers
 from proxy.request.models import ModelRef, parse_model_id
 from proxy.request.operations import Route, parse_route
 from proxy.request.region import resolve_region
@@ -64,7 +66,6 @@ from proxy.tasks.model import CallRecord, Task
 from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_JSON_BODY_OPERATIONS = {"Converse", "ConverseStream", "CountTokens", "StartAsyncInvoke"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Admitted:
     body: bytes
     document: dict[str, Any] | None
     target: Target
+    # The allow-listed headers, each sent once: what policy judges is what is forwarded.
+    forwarded: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -136,17 +139,18 @@ class DataPlane:
         return await self.forward(request, route, outgoing, ctx.relay)
 
     async def admit(self, request: web.Request, route: Route) -> Admitted:
+        forwarded = check_headers(request.headers.items())
         body = await _read_body(request, self.settings.max_body_bytes)
         region = resolve_region(
             request.headers.get("Host"),
             request.headers.get("Authorization"),
             self.settings.default_region,
         )
-        document = await offload_if_large(len(body), _json_document, route, body)
+        document = await offload_if_large(len(body), read_document, route.operation, body)
         model = _model(route, document, region, self.settings.default_account)
         account = (model.account if model else None) or self.settings.default_account
         task_id = _task_id(request.headers.get("X-Task-Id"))
-        return Admitted(body, document, Target(region, account, model, task_id))
+        return Admitted(body, document, Target(region, account, model, task_id), forwarded)
 
     async def inspect(
         self,
@@ -166,7 +170,7 @@ class DataPlane:
         return Inspected(
             classification=classification,
             tools=_tool_names(document),
-            guardrail=_requested_guardrail(route, request, document),
+            guardrail=_requested_guardrail(route, admitted.forwarded, document),
             async_output=_async_output(route, document),
             prompt_sha256=await offload_if_large(len(body), _sha256, body),
         )
@@ -193,6 +197,7 @@ class DataPlane:
             now=self.clock(),
             async_output=inspected.async_output,
             task=task,
+            bedrock_headers=bedrock_headers(admitted.forwarded),
         )
         started = time.monotonic()
         decision = await self.decider.decide(build_opa_input(query))
@@ -235,7 +240,7 @@ class DataPlane:
             apply_obligations,
             route,
             admitted.target.model,
-            forwardable_headers(request.headers.items()),
+            dict(admitted.forwarded),
             admitted.body,
             obligations,
             # Edited in place, not read again here; an empty body reads as {} for the
@@ -316,11 +321,6 @@ class DataPlane:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise InvalidRequest(
-            f"Compressed request bodies (Content-Encoding: {encoding[:20]}) are not accepted"
-        )
     too_large = BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
@@ -331,28 +331,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         if len(body) > limit:
             raise too_large
     return bytes(body)
-
-
-def _json_document(route: Route, body: bytes) -> dict[str, Any] | None:
-    """The body as JSON where the operation's body is JSON; InvokeModel bodies are blobs."""
-    if route.operation not in _JSON_BODY_OPERATIONS and not body.lstrip().startswith(b"{"):
-        return None
-    try:
-        document = parse_json(body) if body else {}
-    except RecursionError as exc:
-        # Nothing this deep can be classified or redacted reliably: refuse, whatever the operation.
-        raise InvalidRequest(
-            f"The {route.operation} request body is JSON nested too deeply to be inspected"
-        ) from exc
-    except (UnicodeDecodeError, ValueError) as exc:
-        if route.operation in _JSON_BODY_OPERATIONS:
-            raise InvalidRequest(f"The {route.operation} request body is not valid JSON") from exc
-        return None
-    if not isinstance(document, dict):
-        if route.operation in _JSON_BODY_OPERATIONS:
-            raise InvalidRequest(f"The {route.operation} request body must be a JSON object")
-        return None
-    return document
 
 
 def _sha256(body: bytes) -> str:
@@ -407,12 +385,12 @@ def _tool_names(document: dict[str, Any] | None) -> tuple[str, ...]:
 
 
 def _requested_guardrail(
-    route: Route, request: web.Request, document: dict[str, Any] | None
+    route: Route, forwarded: Mapping[str, str], document: dict[str, Any] | None
 ) -> Guardrail | None:
     if route.guardrail is not None:
         return Guardrail(*route.guardrail)
-    identifier = request.headers.get("X-Amzn-Bedrock-GuardrailIdentifier")
-    version = request.headers.get("X-Amzn-Bedrock-GuardrailVersion", "")
+    identifier = forwarded.get("x-amzn-bedrock-guardrailidentifier")
+    version = forwarded.get("x-amzn-bedrock-guardrailversion", "")
     config = (document or {}).get("guardrailConfig")
     if identifier is None and isinstance(config, dict):
         identifier = config.get("guardrailIdentifier")

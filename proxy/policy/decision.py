@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -96,6 +96,7 @@ class PolicyQuery:
     now: datetime
     async_output: AsyncOutput | None = None
     task: Task | None = None
+    bedrock_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
             "guardrail": None
             if query.guardrail is None
             else {"identifier": query.guardrail.identifier, "version": query.guardrail.version},
+            "bedrock_headers": dict(query.bedrock_headers),
             "async_output": None
             if query.async_output is None
             else {

@@ -27,9 +27,9 @@ import json
 from typing import Any
 
 from proxy.errors import InvalidRequest, ObligationUnenforceable
-from proxy.offload import parse_json
 from proxy.policy.classify.redaction import redacted_capture
 from proxy.policy.decision import Obligations
+from proxy.request.body import parse_strict
 from proxy.request.models import ModelRef
 from proxy.request.operations import Route
 
@@ -164,8 +164,10 @@ def _capped(current: object, cap: int) -> int:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        doc = parse_json(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        doc = parse_strict(body.decode("utf-8"))
+    except InvalidRequest:
+        raise
+    except (ValueError, RecursionError) as exc:
         raise InvalidRequest("The request body is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise InvalidRequest("The request body must be a JSON object")

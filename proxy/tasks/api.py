@@ -44,6 +44,7 @@ from proxy.errors import (
 from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.policy.classify.classifier import classify
 from proxy.policy.decision import Decision, OpaDecider, PolicyQuery, build_opa_input
+from proxy.request.headers import check_headers
 from proxy.request.operations import Route
 from proxy.request.region import resolve_region
 from proxy.tasks.model import (
@@ -142,6 +143,7 @@ class TaskApi:
     ) -> WorkloadIdentity:
         ctx.route = task_route(operation, request.method, request.path)
         ctx.identity = self.identities.of_connection(request.transport, self.service.clock())
+        check_headers(request.headers.items())
         region = resolve_region(
             request.headers.get("Host"),
             request.headers.get("Authorization"),

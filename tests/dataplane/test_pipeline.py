@@ -30,7 +30,7 @@ from tests.conftest import CHAT, HAIKU, PROJECT_ROOT, Emulator, Pki
 
 OBLIGATIONS_POLICY = PROJECT_ROOT / "tests" / "fixtures" / "policies_obligations"
 STAGES = [
-    (pipeline, "_json_document"),
+    (pipeline, "read_document"),
     (proxy.policy.classify.classifier, "classify"),
     (pipeline, "_sha256"),
     (pipeline, "apply_obligations"),

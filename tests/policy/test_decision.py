@@ -60,6 +60,7 @@ REQUEST_KEYS = {
     "stream",
     "guardrail",
     "async_output",  # added for the async-invoke output bucket rule
+    "bedrock_headers",  # added: forwarded X-Amzn-Bedrock-* headers
 }
 MODEL_KEYS = {"id", "kind", "provider", "arn", "geo"}  # docs/opa.md; more may be added
 CLASSIFICATION_KEYS = {"declared", "detected", "effective", "findings"}

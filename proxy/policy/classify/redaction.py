@@ -16,12 +16,13 @@ from typing import Any
 
 from proxy.policy.classify.detectors import BINARY_CONTENT, scan_text
 from proxy.policy.classify.scan import binary_field, count_tokens_inner, is_blob, parse_body
+from proxy.request.body import AmbiguousBody
 
 
 def redacted_capture(body: bytes, operation: str | None) -> str:
     try:
         return _capture(body, operation)
-    except RecursionError:
+    except (RecursionError, AmbiguousBody):
         # Nesting too deep to rebuild: say so rather than keep any of it.
         return _marker("unredactable")
 

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from proxy.offload import parse_json
 from proxy.policy.classify.detectors import BINARY_CONTENT, BLOB_CHARS, SCAN_INCOMPLETE, scan_text
+from proxy.request.body import read_document
 
 # Marks "the body has not been parsed yet" (None means "parsed: not JSON").
 NOT_PARSED = object()
@@ -72,14 +72,9 @@ def walk_json(document: object) -> Iterator[tuple[object, str, bool]]:
                     stack.append(value)
 
 
-def parse_body(body: bytes) -> object | None:
-    """The body as JSON, or None when it is not JSON."""
-    if _JSON_START.match(body) is None:
-        return None
-    try:
-        return parse_json(body)
-    except (ValueError, RecursionError):
-        return None
+def parse_body(body: bytes) -> dict[str, Any] | None:
+    """An InvokeModel body as JSON, None when it is not JSON (the pipeline's one strict parse)."""
+    return read_document("InvokeModel", body)
 
 
 def count_tokens_inner(document: object) -> bytes | None:
