@@ -7,7 +7,8 @@ per concern (``dataplane/pipeline.py`` runs them in order):
     identity/   tls_accept: TLS termination that audits failed handshakes;
                 svid: client certificate -> verified SPIFFE identity (spiffe: ID rules)
     request/    operations: raw path -> operation and route (decoded once);
-                models: model id / ARN -> ModelRef; region: which region
+                models: model id / ARN -> ModelRef; region: which region;
+                tools: every tool a body declares -> DeclaredTools
     policy/     classify/: declared classification raised by what the detectors
                 find (scan, detectors, rules, redaction); decision: OPA input
                 (pure) and answer -> Decision (strict, fail closed); obligations:

@@ -28,6 +28,7 @@ from proxy.errors import AuditUnavailable, ProxyError, http_refusal
 from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.policy.classify.classifier import Classifier
+from proxy.policy.classify.defaults import DeclaredDefaults
 from proxy.policy.classify.rules import PolicyRules
 from proxy.policy.decision import OpaDecider
 from proxy.policy.opa import OpaClient
@@ -162,7 +163,7 @@ def _components(
                 audit=audit,
                 tasks=tasks,
                 metrics=metrics,
-                classifier=Classifier(classification_rules),
+                classifier=Classifier(classification_rules, DeclaredDefaults(opa, revision)),
             )
             app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks)
             checkpoints = asyncio.create_task(

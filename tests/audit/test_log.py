@@ -280,6 +280,7 @@ def test_request_record_has_every_design_field() -> None:
         "detected": "public",
         "effective": "confidential",
         "findings": ["email"],
+        "defaulted": False,
     }
     assert record["decision"] == {"allow": True, "reasons": ["ok"]}
     assert record["obligations"]["guardrail"] == {"identifier": "gr1", "version": "1"}

@@ -60,6 +60,7 @@ def test_declared_public_with_aws_secret_is_denied(proxy: ProxyHandle, emulator:
         "detected": "restricted",
         "effective": "restricted",
         "findings": ["aws_secret_key"],
+        "defaulted": False,
     }
     assert AWS_SECRET not in proxy.audit_text()
 
@@ -115,13 +116,14 @@ def test_obligations_reach_the_emulator_and_capture_is_redacted(
     captured = authorized["prompt"]["captured"]
     assert "[email]" in captured and "[aws_secret_key]" in captured
     assert "mail" in captured and authorized["prompt"]["sha256"]
-    # The policy's classification document was read: chat's default is
-    # confidential there, and e-mail addresses are restricted.
+    # The policy was asked: chat's declared_default is confidential there
+    # (the call sent no header), and its map makes e-mail addresses restricted.
     assert authorized["classification"] == {
         "declared": "confidential",
         "detected": "restricted",
         "effective": "restricted",
         "findings": ["aws_secret_key", "email"],
+        "defaulted": True,
     }
     invoke_records = obligations_proxy.request_of(invoke["ResponseMetadata"]["RequestId"])
     assert "[us_ssn]" in invoke_records[0]["prompt"]["captured"]

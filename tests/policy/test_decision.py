@@ -63,7 +63,7 @@ REQUEST_KEYS = {
     "bedrock_headers",  # added: forwarded X-Amzn-Bedrock-* headers
 }
 MODEL_KEYS = {"id", "kind", "provider", "arn", "geo"}  # docs/opa.md; more may be added
-CLASSIFICATION_KEYS = {"declared", "detected", "effective", "findings"}
+CLASSIFICATION_KEYS = {"declared", "detected", "effective", "findings", "defaulted"}
 
 
 def _query(
@@ -190,6 +190,7 @@ def test_build_opa_input_contract(
         "detected": "public",
         "effective": "confidential",
         "findings": ["email"],
+        "defaulted": False,
     }
     assert doc["task"] is None
     assert doc["time"] == "2024-05-01T12:30:45Z"

@@ -3,17 +3,19 @@
 Contract:
 
 - ``declared`` is the ``X-Data-Classification`` header (public < internal <
-  confidential < restricted), or the workload's default from policy data when
-  the header is absent; anything else is a 400.
+  confidential < restricted); anything else is a 400. Without the header it
+  is the policy's default for the caller (``defaults.py``: the policy
+  resolves the caller's registry entry, the proxy never does) and the call
+  is marked ``defaulted``, so the policy can judge it at its own default.
 - ``detected`` is the highest level of the finding kinds the detectors report
   in every text the model would see; ``effective`` is the highest of declared
   and detected. A caller can raise the level but never lower it.
 - Only finding *kinds* leave this module, never matched values, so neither
   OPA nor the audit log ever receives the secret it is being told about.
 
-Detection is ``scan.py`` (over ``detectors.py``); the level map and the
-workload defaults are ``rules.py``. Bodies above a threshold are classified
-in a worker thread so the event loop keeps serving.
+Detection is ``scan.py`` (over ``detectors.py``); the level map is
+``rules.py``, the declared defaults ``defaults.py``. Bodies above a
+threshold are classified in a worker thread so the event loop keeps serving.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from dataclasses import dataclass
 
 from proxy.errors import InvalidRequest
 from proxy.offload import offload_if_large
+from proxy.policy.classify.defaults import DeclaredDefaults
 from proxy.policy.classify.rules import (
     BUILTIN_RULES,
+    DEFAULT_DECLARED,
     LEVELS,
     ClassificationRules,
     PolicyRules,
@@ -42,6 +46,8 @@ class Classification:
     detected: str
     effective: str
     findings: tuple[str, ...] = ()
+    # No level was declared: ``declared`` is the default the caller was given.
+    defaulted: bool = False
 
     def to_opa(self) -> dict[str, object]:
         return {
@@ -49,6 +55,7 @@ class Classification:
             "detected": self.detected,
             "effective": self.effective,
             "findings": list(self.findings),
+            "defaulted": self.defaulted,
         }
 
 
@@ -57,7 +64,7 @@ def classify(
     body: bytes,
     *,
     operation: str | None = None,
-    spiffe_id: str | None = None,
+    default: str = DEFAULT_DECLARED,
     rules: ClassificationRules = BUILTIN_RULES,
     budget_s: float = SCAN_BUDGET_S,
     clock: Callable[[], float] = time.monotonic,
@@ -65,10 +72,12 @@ def classify(
 ) -> Classification:
     """Pure: header, body and rules -> declared, detected, effective and finding kinds.
 
-    ``document`` is the body's JSON object when the caller parsed it already,
-    which saves a second parse of a large body; None parses here.
+    ``default`` is the declared level when there is no header (the policy's
+    default for the caller). ``document`` is the body's JSON object when the
+    caller parsed it already, which saves a second parse of a large body;
+    None parses here.
     """
-    declared = _declared_level(declared_header, rules.declared_default(spiffe_id))
+    declared = _declared_level(declared_header, default)
     findings = scan_body(
         body,
         operation=operation,
@@ -78,7 +87,7 @@ def classify(
     )
     detected = max((rules.level_of(k) for k in findings), key=rank, default="public")
     effective = max(declared, detected, key=rank)
-    return Classification(declared, detected, effective, findings)
+    return Classification(declared, detected, effective, findings, declared_header is None)
 
 
 def _declared_level(header: str | None, default: str) -> str:
@@ -92,10 +101,20 @@ def _declared_level(header: str | None, default: str) -> str:
 
 
 class Classifier:
-    """Classifies a request off the event loop when its body is large."""
+    """Classifies a request off the event loop when its body is large.
 
-    def __init__(self, rules: PolicyRules | None, *, budget_s: float = SCAN_BUDGET_S) -> None:
+    ``defaults`` None (tests only) gives every caller ``internal``.
+    """
+
+    def __init__(
+        self,
+        rules: PolicyRules | None,
+        defaults: DeclaredDefaults | None,
+        *,
+        budget_s: float = SCAN_BUDGET_S,
+    ) -> None:
         self._rules = rules
+        self._defaults = defaults
         self._budget_s = budget_s
 
     async def classify(
@@ -108,13 +127,16 @@ class Classifier:
         document: object = None,
     ) -> Classification:
         rules = BUILTIN_RULES if self._rules is None else await self._rules.current()
+        default = DEFAULT_DECLARED
+        if declared_header is None and self._defaults is not None:
+            default = await self._defaults.of(spiffe_id)
         return await offload_if_large(
             len(body),
             classify,
             declared_header,
             body,
             operation=operation,
-            spiffe_id=spiffe_id,
+            default=default,
             rules=rules,
             budget_s=self._budget_s,
             document=document,

@@ -1,12 +1,14 @@
-"""Classification rules: the level of each finding kind and each workload's default.
+"""Classification rules: the level of each finding kind.
 
-The finding-kind -> level map and the per-workload default declared level are
-policy data, read from OPA (``GET /v1/data/bedrock/classification``, through
-the process's one ``OpaClient``) at start-up and every ``ttl_s`` after; a
-failed refresh keeps the last good map.
-A kind the map does not name counts as ``restricted``: fail closed. The
+The finding-kind -> level map is policy data, read from OPA (``GET
+/v1/data/bedrock/classification``, through the process's one ``OpaClient``)
+at start-up and every ``ttl_s`` after; a failed refresh keeps the last good
+map. A kind the map does not name counts as ``restricted``: fail closed. The
 policy recomputes the level from the finding kinds itself, so a stale map in
 the proxy can never let a call through that current policy would refuse.
+A workload's default declared level is not in this document: it depends on
+how the registry resolves the caller, which only the policy does
+(``defaults.py``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ BUILTIN_LEVELS: Mapping[str, str] = MappingProxyType(
 )
 
 _log = structlog.get_logger("bedrock_proxy.classify")
+# Keys of the classification document that earlier proxies read (docs/opa.md).
+_LEGACY_DEFAULTS = frozenset({"workload_defaults", "default_declared"})
 
 
 def rank(level: str) -> int:
@@ -69,19 +73,12 @@ def rank(level: str) -> int:
 
 @dataclass(frozen=True)
 class ClassificationRules:
-    """Policy data: the level of each finding kind, and default declared levels."""
+    """Policy data: the level of each finding kind."""
 
     levels: Mapping[str, str] = field(default_factory=lambda: BUILTIN_LEVELS)
-    workload_defaults: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    default_declared: str = DEFAULT_DECLARED
 
     def level_of(self, kind: str) -> str:
         return self.levels.get(kind, "restricted")
-
-    def declared_default(self, spiffe_id: str | None) -> str:
-        if spiffe_id is None:
-            return self.default_declared
-        return self.workload_defaults.get(spiffe_id, self.default_declared)
 
 
 BUILTIN_RULES = ClassificationRules()
@@ -91,19 +88,12 @@ def rules_from_policy(document: object) -> ClassificationRules:
     """``data.bedrock.classification`` -> rules; ValueError when malformed."""
     if not isinstance(document, Mapping):
         raise ValueError("classification document is not an object")
-
-    def level_map(name: str) -> Mapping[str, str]:
-        raw = document.get(name, {})
-        if not isinstance(raw, Mapping) or not all(
-            isinstance(k, str) and v in LEVELS for k, v in raw.items()
-        ):
-            raise ValueError(f"classification.{name} must map strings to levels")
-        return MappingProxyType(dict(raw))
-
-    default = document.get("default_declared", DEFAULT_DECLARED)
-    if default not in LEVELS:
-        raise ValueError("classification.default_declared is not a level")
-    return ClassificationRules(level_map("levels"), level_map("workload_defaults"), default)
+    raw = document.get("levels", {})
+    if not isinstance(raw, Mapping) or not all(
+        isinstance(k, str) and v in LEVELS for k, v in raw.items()
+    ):
+        raise ValueError("classification.levels must map strings to levels")
+    return ClassificationRules(MappingProxyType(dict(raw)))
 
 
 class PolicyRules:
@@ -149,6 +139,12 @@ class PolicyRules:
             answer = await self._opa.document(CLASSIFICATION_REF)
             document = answer.get("result") if isinstance(answer, dict) else None
             self._rules = BUILTIN_RULES if document is None else rules_from_policy(document)
+            if isinstance(document, Mapping) and _LEGACY_DEFAULTS & document.keys():
+                # Read by exact SPIFFE ID only, they ignored "/*" registrations.
+                _log.warning(
+                    "classification document keys not read; define declared_default instead",
+                    keys=sorted(_LEGACY_DEFAULTS & document.keys()),
+                )
         except PolicyUnavailable as exc:
             _log.warning("classification rules not refreshed", error=exc.code, detail=exc.detail)
         except ValueError as exc:

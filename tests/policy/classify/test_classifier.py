@@ -33,13 +33,31 @@ from tests.policy.classify.samples import AWS_SECRET, converse_body
 )
 def test_declared_levels(header: str | None, declared: str) -> None:
     result = classify(header, b'{"messages": []}')
-    assert result == Classification(declared, "public", declared, ())
+    assert result == Classification(declared, "public", declared, (), header is None)
     assert result.to_opa() == {
         "declared": declared,
         "detected": "public",
         "effective": declared,
         "findings": [],
+        "defaulted": header is None,
     }
+
+
+@pytest.mark.parametrize(
+    ("header", "default", "declared", "defaulted"),
+    [
+        (None, "confidential", "confidential", True),
+        (None, "public", "public", True),
+        # The header wins over the policy's default, in either direction.
+        ("public", "confidential", "public", False),
+        ("restricted", "public", "restricted", False),
+    ],
+)
+def test_the_default_applies_only_without_a_header(
+    header: str | None, default: str, declared: str, defaulted: bool
+) -> None:
+    result = classify(header, b"{}", default=default)
+    assert (result.declared, result.effective, result.defaulted) == (declared, declared, defaulted)
 
 
 @pytest.mark.parametrize(
@@ -101,12 +119,12 @@ async def test_classifier_scans_large_bodies_in_a_worker_thread(
         return classify(*args, **kwargs)
 
     monkeypatch.setattr(proxy.policy.classify.classifier, "classify", recording)
-    classifier = Classifier(None)
+    classifier = Classifier(None, None)
     small = converse_body({"text": "x" * 20})
     large = converse_body({"text": f"{'x ' * OFFLOAD_BYTES} {AWS_SECRET}"})
     assert await classifier.classify(
         None, small, operation="Converse", spiffe_id="spiffe://td/w"
-    ) == Classification("internal", "public", "internal", ())
+    ) == Classification("internal", "public", "internal", (), defaulted=True)
     found = await classifier.classify(
         "public", large, operation="Converse", spiffe_id="spiffe://td/w"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from proxy.policy.classify.classifier import classify
 from proxy.policy.classify.rules import (
@@ -16,17 +17,9 @@ from tests.policy.classify.samples import IMAGE, converse_body
 from tests.policy.conftest import refused_url, serve
 
 
-def test_rules_from_policy_and_workload_default() -> None:
-    rules = rules_from_policy(
-        {
-            "levels": {"email": "restricted"},
-            "workload_defaults": {"spiffe://td/w": "confidential"},
-            "default_declared": "public",
-        }
-    )
+def test_rules_from_policy() -> None:
+    rules = rules_from_policy({"levels": {"email": "restricted"}})
     body = converse_body({"text": "a@example.org"})
-    assert classify(None, body, rules=rules, spiffe_id="spiffe://td/w").declared == "confidential"
-    assert classify(None, b"{}", rules=rules, spiffe_id="spiffe://td/x").declared == "public"
     assert classify("public", body, rules=rules).detected == "restricted"
     # A kind the map does not name counts as restricted.
     assert classify("public", converse_body(IMAGE), rules=rules).detected == "restricted"
@@ -39,8 +32,7 @@ def test_rules_from_policy_and_workload_default() -> None:
         [],
         {"levels": {"email": "secret"}},
         {"levels": []},
-        {"workload_defaults": {"w": 3}},
-        {"default_declared": "none"},
+        {"levels": {"email": 3}},
     ],
 )
 def test_malformed_rules_are_refused(document: object) -> None:
@@ -49,7 +41,7 @@ def test_malformed_rules_are_refused(document: object) -> None:
 
 
 CLASSIFICATION_PATH = "/v1/data/bedrock/classification"
-POLICY_DOCUMENT = {"levels": {"email": "restricted"}, "default_declared": "public"}
+POLICY_DOCUMENT = {"levels": {"email": "restricted"}}
 
 
 class RulesOpa:
@@ -76,7 +68,6 @@ async def test_policy_rules_are_read_from_opa_and_cached_for_the_ttl() -> None:
         rules = PolicyRules(opa, ttl_s=30.0, clock=lambda: now[0])
         await rules.start()
         assert (await rules.current()).level_of("email") == "restricted"
-        assert (await rules.current()).declared_default(None) == "public"
         assert opa_side.asked == 1
         opa_side.answer = {}  # the policy no longer publishes the document: built-in map
         now[0] = 31.0
@@ -117,3 +108,27 @@ async def test_policy_rules_start_on_builtins_when_opa_is_unreachable() -> None:
         rules = PolicyRules(opa)
         await rules.start()
         assert await rules.current() == BUILTIN_RULES
+
+
+async def test_defaults_in_the_document_are_not_read_and_say_so() -> None:
+    # Earlier proxies read workload defaults here by exact SPIFFE ID only, so
+    # "/*" registrations lost theirs; a policy still publishing them is told.
+    opa_side = RulesOpa()
+    opa_side.answer = {
+        "result": {
+            "levels": {"email": "restricted"},
+            "workload_defaults": {"spiffe://td/w": "confidential"},
+            "default_declared": "public",
+        }
+    }
+    async with (
+        serve({("GET", CLASSIFICATION_PATH): opa_side.handle}) as url,
+        OpaClient(url, timeout_s=2.0) as opa,
+    ):
+        rules = PolicyRules(opa)
+        with capture_logs() as logs:
+            await rules.start()
+        assert await rules.current() == rules_from_policy({"levels": {"email": "restricted"}})
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["keys"] == ["default_declared", "workload_defaults"]
+    assert "declared_default" in warning["event"]
