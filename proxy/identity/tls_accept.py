@@ -7,6 +7,17 @@ accept loop: each accepted socket (peer address known) is handed to
 ``loop.connect_accepted_socket`` with the TLS context, which returns once the
 handshake is done or raises why it failed; a failure is reported with the
 peer and a reason, a success is served by aiohttp's request handler as usual.
+
+A failed handshake also answers the client with OpenSSL's alert (TLS 1.3
+``certificate_required`` for a missing certificate, ``unknown_ca``,
+``certificate_expired``, ...), so SDKs say why instead of "EOF" or "server
+disconnected". asyncio and uvloop drop that alert: when ``do_handshake``
+fails they close the socket without flushing what OpenSSL queued for the
+peer (CPython gh-98078). ``AlertingSSLObject`` (the context's
+``sslobject_class``) therefore holds the failure back once, answering "want
+read", which makes the transport send the queued alert; the next handshake
+step (the peer's next bytes, its close, or the handshake timeout) ends the
+connection, and the failure it records is the one reported.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +50,42 @@ def handshake_failure_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Handshake:
+    """What the SSL object inside one connection's transport saw go wrong."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self) -> None:
+        self.failure: ssl.SSLError | None = None
+
+
+# Set by the accept loop's task for each connection; the transport's callbacks
+# run in copies of that task's context (asyncio and uvloop alike).
+_HANDSHAKE: ContextVar[_Handshake | None] = ContextVar("tls_handshake", default=None)
+
+
+class AlertingSSLObject(ssl.SSLObject):
+    """An SSLObject whose failed handshake lets the transport send the alert first."""
+
+    _failure: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError):
+            raise
+        except ssl.SSLError as exc:
+            handshake = _HANDSHAKE.get()
+            if handshake is None:
+                raise
+            self._failure = handshake.failure = exc
+            # "Want read" makes asyncio/uvloop flush OpenSSL's queued output
+            # (the alert) before waiting; a fatal error would drop it.
+            raise ssl.SSLWantReadError("handshake failed; alert queued for the peer") from exc
+
+
 class TlsSite(web.BaseSite):
     """Like aiohttp's SockSite, with the handshake done where its outcome is seen."""
 
@@ -51,6 +99,7 @@ class TlsSite(web.BaseSite):
     ) -> None:
         super().__init__(runner)
         self._sock = sock
+        ssl_context.sslobject_class = AlertingSSLObject
         self._tls = ssl_context
         self._on_failure = on_failure
         host, port = sock.getsockname()[:2]
@@ -114,6 +163,8 @@ class _AcceptLoop:
 
     async def _handshake(self, connection: socket.socket, address: Any) -> None:
         loop = asyncio.get_running_loop()
+        handshake = _Handshake()
+        _HANDSHAKE.set(handshake)
         try:
             await loop.connect_accepted_socket(
                 self._handler_factory,
@@ -123,7 +174,9 @@ class _AcceptLoop:
             )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             connection.close()
-            self._on_failure(_peer(address), handshake_failure_reason(exc))
+            # After the alert the peer usually just closes: report why it was sent.
+            reason = handshake_failure_reason(handshake.failure or exc)
+            self._on_failure(_peer(address), reason)
 
 
 def _peer(address: Any) -> str | None:

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+import boto3
+import botocore.exceptions
 import pytest
+from botocore import UNSIGNED
+from botocore.config import Config
 
 from tests import certs
 from tests.conftest import CHAT, HAIKU, PARTNER_DOMAIN, Emulator, Pki, ProxyFactory, ProxyHandle
@@ -103,6 +109,37 @@ def test_refused_in_the_handshake(
     [record] = connection_records(proxy)[before:]
     assert reason in record["reason"]
     assert record["peer"].startswith("127.0.0.1:")
+
+
+def test_a_client_without_a_certificate_gets_the_certificate_required_alert(
+    proxy: ProxyHandle, pki: Pki
+) -> None:
+    # TLS 1.3: the client's side of the handshake completes before the server
+    # judges its (empty) certificate, so the alert arrives on the first read.
+    context = ssl.create_default_context(cafile=str(pki.ca_bundle))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError) as refused:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.version() == "TLSv1.3"
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                tls.recv(1)
+    assert refused.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    assert "certificate required" in str(refused.value)
+
+
+def test_boto3_without_a_certificate_says_certificate_required(
+    proxy: ProxyHandle, pki: Pki
+) -> None:
+    client: Any = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=proxy.url,
+        verify=str(pki.ca_bundle),
+        config=Config(signature_version=UNSIGNED, retries={"total_max_attempts": 1}),
+    )
+    with pytest.raises(botocore.exceptions.SSLError, match="certificate required"):
+        client.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    client.close()
 
 
 def test_a_flood_of_bad_handshakes_is_recorded_at_a_bounded_rate(
