@@ -62,6 +62,7 @@ from proxy.request.headers import bedrock_headers, check_headers
 from proxy.request.models import ModelRef, parse_model_id
 from proxy.request.operations import Route, parse_route
 from proxy.request.region import resolve_region
+from proxy.request.tools import DeclaredTools, declared_tools
 from proxy.tasks.model import CallRecord, Task
 from proxy.tasks.service import TaskService
 
@@ -84,7 +85,7 @@ class Inspected:
     """Everything policy judges that is read from the body."""
 
     classification: Classification
-    tools: tuple[str, ...]
+    tools: DeclaredTools
     guardrail: Guardrail | None
     async_output: AsyncOutput | None
     prompt_sha256: str
@@ -160,6 +161,8 @@ class DataPlane:
         admitted: Admitted,
     ) -> Inspected:
         body, document = admitted.body, admitted.document
+        # First: a request refused for its tools costs no classification scan.
+        tools = await offload_if_large(len(body), declared_tools, route.operation, document)
         classification = await self.classifier.classify(
             request.headers.get("X-Data-Classification"),
             body,
@@ -169,7 +172,7 @@ class DataPlane:
         )
         return Inspected(
             classification=classification,
-            tools=_tool_names(document),
+            tools=tools,
             guardrail=_requested_guardrail(route, admitted.forwarded, document),
             async_output=_async_output(route, document),
             prompt_sha256=await offload_if_large(len(body), _sha256, body),
@@ -191,7 +194,8 @@ class DataPlane:
             region=target.region,
             account=target.account,
             body_bytes=len(admitted.body),
-            tools=inspected.tools,
+            tools=inspected.tools.names,
+            tools_unreadable=inspected.tools.unreadable,
             guardrail=inspected.guardrail,
             classification=inspected.classification,
             now=self.clock(),
@@ -221,7 +225,9 @@ class DataPlane:
             # Atomic check-and-count: concurrent calls cannot overrun max_calls.
             model = admitted.target.model
             call = CallRecord(
-                model.id if model else None, inspected.classification.effective, inspected.tools
+                model.id if model else None,
+                inspected.classification.effective,
+                inspected.tools.names,
             )
             task = await self.tasks.record_call(task, identity.spiffe_id, call)
         return decision.obligations, task
@@ -365,23 +371,6 @@ def _task_id(header: str | None) -> str | None:
     if not _TASK_ID.match(header):
         raise InvalidRequest("X-Task-Id must be 1-128 characters of [A-Za-z0-9._:-]")
     return header
-
-
-def _tool_names(document: dict[str, Any] | None) -> tuple[str, ...]:
-    """Tools the caller declares: Converse ``toolConfig`` or a provider ``tools`` list."""
-    if not document:
-        return ()
-    tools = (
-        document.get("toolConfig", {}).get("tools")
-        if isinstance(document.get("toolConfig"), dict)
-        else document.get("tools")
-    )
-    names: list[str] = []
-    for tool in tools if isinstance(tools, list) else ():
-        spec = tool.get("toolSpec", tool) if isinstance(tool, dict) else None
-        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            names.append(spec["name"])
-    return tuple(names)
 
 
 def _requested_guardrail(

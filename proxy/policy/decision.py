@@ -96,6 +96,8 @@ class PolicyQuery:
     now: datetime
     async_output: AsyncOutput | None = None
     task: Task | None = None
+    # Where the body carries tools the proxy could not read (request.tools.DeclaredTools).
+    tools_unreadable: tuple[str, ...] = ()
     bedrock_headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -121,6 +123,7 @@ def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
             "model": None if query.model is None else query.model.to_opa(),
             "body_bytes": query.body_bytes,
             "tools": list(query.tools),
+            "tools_unreadable": list(query.tools_unreadable),
             "stream": route.stream,
             "guardrail": None
             if query.guardrail is None

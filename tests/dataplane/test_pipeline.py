@@ -31,6 +31,7 @@ from tests.conftest import CHAT, HAIKU, PROJECT_ROOT, Emulator, Pki
 OBLIGATIONS_POLICY = PROJECT_ROOT / "tests" / "fixtures" / "policies_obligations"
 STAGES = [
     (pipeline, "read_document"),
+    (pipeline, "declared_tools"),
     (proxy.policy.classify.classifier, "classify"),
     (pipeline, "_sha256"),
     (pipeline, "apply_obligations"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +58,7 @@ REQUEST_KEYS = {
     "model",
     "body_bytes",
     "tools",
+    "tools_unreadable",  # added: places holding tools the proxy could not read
     "stream",
     "guardrail",
     "async_output",  # added for the async-invoke output bucket rule
@@ -203,6 +205,18 @@ def test_build_opa_input_without_guardrail_or_account() -> None:
     assert doc["request"]["guardrail"] is None
     assert doc["request"]["account"] is None
     assert doc["request"]["tools"] == []
+    assert doc["request"]["tools_unreadable"] == []
+
+
+def test_build_opa_input_names_where_tools_are_unreadable() -> None:
+    query = replace(
+        _query("POST", "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke"),
+        tools=("bash",),
+        tools_unreadable=("mcp_servers", "tools[1]"),
+    )
+    request = build_opa_input(query)["request"]
+    assert request["tools"] == ["bash"]
+    assert request["tools_unreadable"] == ["mcp_servers", "tools[1]"]
 
 
 # --- parse_decision ---------------------------------------------------------
