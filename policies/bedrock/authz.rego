@@ -148,6 +148,22 @@ model_max_classification := level if {
 
 tools := lib.field(["request", "tools"])
 
+# Places in the body holding tools the proxy could not read: [] when there are
+# none; null from a proxy that predates the key. Any other value (true, a
+# string) is read as unreadable.
+tools_unreadable := lib.field(["request", "tools_unreadable"])
+
+tools_readable if tools_unreadable == []
+
+tools_readable if tools_unreadable == null
+
+unreadable_places := concat(", ", tools_unreadable) if {
+	is_array(tools_unreadable)
+	every place in tools_unreadable {
+		is_string(place)
+	}
+} else := sprintf("%v", [tools_unreadable])
+
 async_output := lib.field(["request", "async_output"])
 
 bucket_of(uri) := split(trim_prefix(uri, "s3://"), "/")[0] if {
@@ -290,6 +306,18 @@ deny contains msg if {
 	some tool in tools
 	not tool in listed("tools")
 	msg := sprintf("tool_not_allowed: tool %v is not approved for %s", [tool, subject])
+}
+
+# Every registered workload has a tool allowlist (no `tools` allows none), and
+# a task's tools can only narrow it: a tool the proxy could not read is one no
+# allowlist can be shown to cover.
+deny contains msg if {
+	registered
+	not tools_readable
+	msg := sprintf(
+		"tools_unreadable: the request carries tools the proxy cannot read (%s), so the tool allowlist of %s cannot be applied",
+		[unreadable_places, subject],
+	)
 }
 
 deny contains msg if {

@@ -93,6 +93,7 @@ base := {
 		"model": foundation(haiku),
 		"body_bytes": 128,
 		"tools": [],
+		"tools_unreadable": [],
 		"stream": false,
 		"guardrail": null,
 	},
@@ -448,6 +449,37 @@ test_cost_headers_default_unless_the_workload_lists_more if {
 	])
 		with data.bedrock.workloads as object.union(data.bedrock.workloads, {chat: object.union(chat_entry, listed)})
 	allowed.allow
+}
+
+test_unreadable_tools_are_refused if {
+	decide([set("/request/tools_unreadable", [])]).allow
+	decision := decide([set("/request/tools_unreadable", ["additionalModelRequestFields.mcp_servers", "tools[1]"])])
+	codes(decision) == {"tools_unreadable"}
+	contains(decision.reasons[0], "(additionalModelRequestFields.mcp_servers, tools[1])")
+	contains(decision.reasons[0], chat)
+}
+
+test_unreadable_tools_are_refused_with_readable_ones_approved if {
+	decision := decide([set("/request/tools", ["lookup"]), set("/request/tools_unreadable", ["tools[1]"])])
+	codes(decision) == {"tools_unreadable"}
+}
+
+test_unreadable_tools_are_refused_for_a_workload_without_tools if {
+	decision := run({
+		"patches": [set("/request/tools_unreadable", ["tools[0]"])],
+		"entry": json.patch(chat_entry, [{"op": "remove", "path": "/tools"}]),
+	})
+	codes(decision) == {"tools_unreadable"}
+}
+
+# An input without the key (an older proxy) reads as readable; anything but [] or null does not.
+test_tools_unreadable_values_other_than_a_list_deny if {
+	decide([{"op": "remove", "path": "/request/tools_unreadable"}]).allow
+	decide([set("/request/tools_unreadable", null)]).allow
+	codes(decide([set("/request/tools_unreadable", true)])) == {"tools_unreadable"}
+	decision := decide([set("/request/tools_unreadable", [1])])
+	codes(decision) == {"tools_unreadable"}
+	contains(decision.reasons[0], "([1])")
 }
 
 test_async_output_must_be_an_approved_bucket_in_an_allowed_account if {

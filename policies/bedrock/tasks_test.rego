@@ -72,6 +72,11 @@ test_tools_must_be_on_the_task_list if {
 	codes(call({"tools": ["lookup", "get_weather"]}, {}, "internal")) == {"task_tool_not_allowed"}
 }
 
+# The workload rule covers calls in a task too: a task can only narrow its tools.
+test_unreadable_tools_in_a_task if {
+	codes(call({"tools": ["lookup"], "tools_unreadable": ["tools[1]"]}, {}, "internal")) == {"tools_unreadable"}
+}
+
 test_classification_above_the_task if {
 	"task_classification_exceeded" in codes(call({}, {"classification": "internal"}, "confidential"))
 }
