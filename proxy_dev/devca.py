@@ -182,6 +182,7 @@ def sign_certificate(
     not_after: datetime,
     is_ca: bool = False,
     key_usage: x509.KeyUsage = LEAF_KEY_USAGE,
+    key_usage_critical: bool = True,
     extended_key_usage: Sequence[x509.ObjectIdentifier] = (
         ExtendedKeyUsageOID.SERVER_AUTH,
         ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -199,7 +200,7 @@ def sign_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(key_usage, critical=True)
+        .add_extension(key_usage, critical=key_usage_critical)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False

@@ -75,6 +75,7 @@ def mint(
     sans: Sequence[x509.GeneralName],
     is_ca: bool = False,
     key_usage: x509.KeyUsage = devca.LEAF_KEY_USAGE,
+    key_usage_critical: bool = True,
     extended_key_usage: Sequence[x509.ObjectIdentifier] = _BOTH_EKUS,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
@@ -89,6 +90,7 @@ def mint(
         not_after=not_after or start + timedelta(hours=1),
         is_ca=is_ca,
         key_usage=key_usage,
+        key_usage_critical=key_usage_critical,
         extended_key_usage=extended_key_usage,
     )
     return CertPair(*devca.write_pair(ca_dir, name, certificate, key))
@@ -162,6 +164,16 @@ def leaf_with_cert_sign(ca_dir: Path, name: str = "cert-sign-leaf") -> CertPair:
     )
     return mint(
         ca_dir, name, sans=[x509.UniformResourceIdentifier(_default_id(ca_dir))], key_usage=usage
+    )
+
+
+def key_usage_not_critical(ca_dir: Path, name: str = "key-usage-not-critical") -> CertPair:
+    """A leaf SVID whose key usage is right but not marked critical (X.509-SVID 4.3: MUST be)."""
+    return mint(
+        ca_dir,
+        name,
+        sans=[x509.UniformResourceIdentifier(_default_id(ca_dir))],
+        key_usage_critical=False,
     )
 
 

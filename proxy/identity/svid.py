@@ -17,8 +17,8 @@ chain to *any* loaded CA, so a CA trusted for ``a.example`` could mint
 leaf against the bundle of the trust domain *named in its SPIFFE ID* only, and
 applies the X.509-SVID leaf rules (spiffe/spiffe ``standards/X509-SVID.md``
 sections 2, 3.1, 4 and 5): exactly one URI SAN holding a canonical SPIFFE ID
-with a non-root path, not a CA, key usage present with digitalSignature and
-without keyCertSign/cRLSign. Path validation itself is ``cryptography``'s
+with a non-root path, not a CA, key usage present, critical, with
+digitalSignature and without keyCertSign/cRLSign. Path validation itself is ``cryptography``'s
 RFC 5280 verifier; nothing here checks signatures by hand.
 
 Intermediates: Python 3.11's public ``ssl`` API exposes only the leaf.
@@ -245,13 +245,20 @@ def _check_leaf_usage(extensions: x509.Extensions, spiffe_id: SpiffeId) -> None:
             f"the certificate for {spiffe_id} is a CA certificate; only leaf SVIDs authenticate"
         )
     # Section 4.3: key usage MUST be set on every SVID, so its absence is a
-    # malformed SVID rather than "no restriction".
+    # malformed SVID rather than "no restriction"; and it MUST be critical
+    # (RFC 5280 only recommends it, so the path validator does not check).
     try:
-        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+        key_usage = extensions.get_extension_for_class(x509.KeyUsage)
     except x509.ExtensionNotFound:
         raise IdentityInvalid(
             f"the SVID for {spiffe_id} has no key usage extension; X.509-SVIDs must carry one"
         ) from None
+    if not key_usage.critical:
+        raise IdentityInvalid(
+            f"the SVID for {spiffe_id} has a key usage extension that is not marked critical; "
+            "X.509-SVIDs must mark it critical"
+        )
+    usage = key_usage.value
     if usage.key_cert_sign or usage.crl_sign:
         raise IdentityInvalid(
             f"the SVID for {spiffe_id} may sign certificates or CRLs (keyCertSign/cRLSign); "

@@ -91,6 +91,10 @@ SVID_REFUSED: dict[str, tuple[Callable[[Pki, Path], certs.CertPair], str]] = {
         lambda pki, tmp: certs.leaf_with_cert_sign(pki.dir, "e2e-certsign"),
         "keyCertSign",
     ),
+    "key-usage-not-critical": (
+        lambda pki, tmp: certs.key_usage_not_critical(pki.dir, "e2e-ku-not-critical"),
+        "not marked critical",
+    ),
 }
 
 

@@ -72,6 +72,11 @@ REJECTED: list[tuple[str, Mint, str]] = [
     ("CA as client", lambda p: certs.ca_as_client(p.a), "is a CA certificate"),
     ("leaf with keyCertSign", lambda p: certs.leaf_with_cert_sign(p.a), "keyCertSign"),
     (
+        "key usage not critical",
+        lambda p: certs.key_usage_not_critical(p.a),
+        "key usage extension that is not marked critical",
+    ),
+    (
         "EKU without clientAuth",
         lambda p: certs.server_auth_only(p.a),
         "does not chain to a CA of trust domain",
