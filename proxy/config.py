@@ -2,8 +2,8 @@
 
 A configuration error is found when the proxy starts, never at the first
 request, and the message names the key and what to do. Anything that weakens
-security (plain-HTTP upstream off loopback) needs an explicit, loudly named
-option.
+security (plain HTTP to the upstream, OPA or STS, or plain ``redis://``, off
+loopback) needs an explicit, loudly named option.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ class Settings:
     max_body_bytes: int
     audit_path: str
     insecure_upstream_http: bool = False
+    insecure_opa_http: bool = False
+    insecure_sts_http: bool = False
+    insecure_redis_plaintext: bool = False
     audit: AuditSettings = AuditSettings()
     shutdown_grace_s: float = 30.0
     # "memory" (one process) or a redis:// / rediss:// URL shared by every replica.
@@ -125,6 +128,9 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         max_body_bytes=reader.integer("limits", "max_body_bytes", 25_000_000, 1, 25_000_000),
         audit_path=reader.string("audit", "path", "audit.log"),
         insecure_upstream_http=reader.boolean("upstream", "insecure_upstream_http", False),
+        insecure_opa_http=reader.boolean("opa", "insecure_opa_http", False),
+        insecure_sts_http=reader.boolean("aws", "insecure_sts_http", False),
+        insecure_redis_plaintext=reader.boolean("tasks", "insecure_redis_plaintext", False),
         audit=reader.audit(),
         shutdown_grace_s=reader.millis("limits", "shutdown_grace_ms", 30_000),
         task_store=reader.task_store("tasks", "store", "memory"),
@@ -133,6 +139,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
     )
     reader.reject_unknown_keys()
     _check_upstream(settings)
+    _check_plaintext_services(settings)
     return settings
 
 
@@ -150,6 +157,36 @@ def _check_upstream(settings: Settings) -> None:
             "upstream.url uses plain HTTP to a non-loopback host; set "
             "upstream.insecure_upstream_http = true only if you really mean it"
         )
+
+
+def _check_plaintext_services(settings: Settings) -> None:
+    # Off loopback, whoever is on the path could forge OPA's "allow", read the
+    # STS session credentials, or rewrite task state: TLS unless asked by name.
+    services = [
+        ("opa.url", settings.opa_url, "http", "opa.insecure_opa_http", settings.insecure_opa_http),
+        (
+            "aws.sts_endpoint",
+            settings.sts_endpoint,
+            "http",
+            "aws.insecure_sts_http",
+            settings.insecure_sts_http,
+        ),
+        (
+            "tasks.store",
+            settings.task_store,
+            "redis",
+            "tasks.insecure_redis_plaintext",
+            settings.insecure_redis_plaintext,
+        ),
+    ]
+    for key, url, plain, option, allowed in services:
+        parts = urlsplit(url or "")
+        if parts.scheme == plain and not allowed and not _is_loopback(parts.hostname or ""):
+            raise ConfigError(
+                f"{key} uses plain {plain}:// (no TLS) to the non-loopback host "
+                f"{parts.hostname!r}; use {plain}s:// or set {option} = true only if you "
+                "really mean it"
+            )
 
 
 def _port_ok(parts: SplitResult) -> bool:

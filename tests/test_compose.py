@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.config import settings_from_mapping
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,6 +108,21 @@ def test_proxy_reaches_opa_and_emulator_where_they_listen() -> None:
         int(option(emulator_command, "--port")),
     )
     assert (sts.hostname, sts.port) == ("emulator", int(option(emulator_command, "--sts-port")))
+
+
+def test_proxy_config_passes_the_start_up_checks(tmp_path: Path) -> None:
+    # Found here rather than by a container that refuses to start (plain HTTP
+    # to the other containers needs its insecure_* option, for one).
+    config = proxy_config()
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (tmp_path / name).write_text("")
+    config["tls"] = {"server_cert": "server.pem", "server_key": "server.key"}
+    config["trust_domains"] = {domain: "ca.pem" for domain in config["trust_domains"]}
+    settings = settings_from_mapping(config, base_dir=tmp_path)
+    assert (settings.opa_url, settings.sts_endpoint) == (
+        config["opa"]["url"],
+        config["aws"]["sts_endpoint"],
+    )
 
 
 def test_published_port_is_the_data_listener_and_tls_files_are_in_the_mounted_pki() -> None:

@@ -264,6 +264,55 @@ def test_plain_http_off_loopback_needs_the_loud_option(config_dir: Path, url: st
     assert settings.insecure_upstream_http is True
 
 
+# Services the proxy talks to besides the upstream: (section, URL key, plain scheme,
+# the loud option that allows it off loopback, also the name of its Settings field).
+PLAINTEXT_SERVICES = [
+    ("opa", "url", "http", "insecure_opa_http"),
+    ("aws", "sts_endpoint", "http", "insecure_sts_http"),
+    ("tasks", "store", "redis", "insecure_redis_plaintext"),
+]
+OFF_LOOPBACK = ["opa.internal", "10.0.0.5", "[fd00::5]", "localhost.example.com", "127.1.nip.io"]
+LOOPBACK = ["127.0.0.1", "127.9.9.9", "localhost", "[::1]"]
+
+
+@pytest.mark.parametrize(("section", "key", "plain", "option"), PLAINTEXT_SERVICES)
+@pytest.mark.parametrize("host", OFF_LOOPBACK)
+def test_plaintext_service_off_loopback_is_refused_naming_the_setting(
+    config_dir: Path, section: str, key: str, plain: str, option: str, host: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(config_dir, {section: {key: f"{plain}://{host}:1234"}})
+    message = str(info.value)
+    assert f"{section}.{key}" in message
+    assert f"{section}.{option} = true" in message
+    assert f"{plain}s://" in message
+
+
+@pytest.mark.parametrize(("section", "key", "plain", "option"), PLAINTEXT_SERVICES)
+@pytest.mark.parametrize(
+    ("url", "opt_in"),
+    [(f"{{plain}}://{host}:1234", False) for host in LOOPBACK]
+    + [(f"{{plain}}s://{host}:1234", False) for host in OFF_LOOPBACK]
+    + [(f"{{plain}}://{host}:1234", True) for host in OFF_LOOPBACK],
+)
+def test_plaintext_service_on_loopback_over_tls_or_opted_in_is_allowed(
+    config_dir: Path, section: str, key: str, plain: str, option: str, url: str, opt_in: bool
+) -> None:
+    table: dict[str, Any] = {key: url.format(plain=plain)}
+    if opt_in:
+        table[option] = True
+    settings = _load(config_dir, {section: table})
+    assert getattr(settings, option) is opt_in
+
+
+@pytest.mark.parametrize(("section", "key", "plain", "option"), PLAINTEXT_SERVICES)
+def test_plaintext_option_must_be_a_boolean(
+    config_dir: Path, section: str, key: str, plain: str, option: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{section}.{option} must be true or false"):
+        _load(config_dir, {section: {option: "yes"}})
+
+
 @pytest.mark.parametrize("max_body", [1, 1024, 25_000_000])
 def test_max_body_bytes_bounds_accepted(config_dir: Path, max_body: int) -> None:
     assert _load(config_dir, {"limits": {"max_body_bytes": max_body}}).max_body_bytes == max_body
