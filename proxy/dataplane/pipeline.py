@@ -149,7 +149,7 @@ class DataPlane:
         )
         document = await offload_if_large(len(body), read_document, route.operation, body)
         model = _model(route, document, region, self.settings.default_account)
-        account = (model.account if model else None) or self.settings.default_account
+        account = _account(route, model, self.settings.default_account)
         task_id = _task_id(request.headers.get("X-Task-Id"))
         return Admitted(body, document, Target(region, account, model, task_id), forwarded)
 
@@ -352,6 +352,16 @@ def _model(
         if not isinstance(model_id, str):
             raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
     return None if model_id is None else parse_model_id(model_id, region, account)
+
+
+def _account(route: Route, model: ModelRef | None, default: str | None) -> str | None:
+    """The target account: the one an ARN names (the model's, else the path's
+    guardrail or invocation), else the configured default."""
+    if model is not None and model.account is not None:
+        return model.account
+    if route.resource is not None:
+        return route.resource.account
+    return default
 
 
 def _async_output(route: Route, document: dict[str, Any] | None) -> AsyncOutput | None:

@@ -121,6 +121,7 @@ def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
             "region": query.region,
             "account": query.account,
             "model": None if query.model is None else query.model.to_opa(),
+            "resource": None if route.resource is None else route.resource.to_opa(),
             "body_bytes": query.body_bytes,
             "tools": list(query.tools),
             "tools_unreadable": list(query.tools_unreadable),

@@ -21,6 +21,9 @@ Security reasoning:
   policy, the wire and the SigV4 canonical URI all see one canonical id; the
   caller's own spelling of the path is never forwarded.
 - Fixed segments are compared raw: ``/model/x/%69nvoke`` is not ``invoke``.
+- An ARN in the path (a guardrail's, an async invocation's) is parsed into its
+  partition, region and account (``Route.resource``), so policy sees the
+  account and region it names, as it sees a model ARN's.
 - Only the documented ListAsyncInvokes filters are forwarded; every other
   query parameter (notably presigned-URL ``X-Amz-*`` credentials) is dropped.
   A filter given twice is refused, so policy and upstream cannot read
@@ -36,7 +39,7 @@ from urllib.parse import quote, unquote
 
 from proxy.errors import InvalidRequest, NotImplementedOperation, UnknownOperation
 from proxy.request.models import validate_model_id
-from proxy.request.region import is_region
+from proxy.request.resources import ResourceArn, parse_resource_arn
 
 MAX_GUARDRAIL_ID_LENGTH = 2048
 MAX_COUNT_TOKENS_MODEL_ID_LENGTH = 256  # botocore model: CountTokens modelId max 256
@@ -53,6 +56,8 @@ class Route:
     wire_path: str
     wire_query: str
     iam_actions: tuple[str, ...]
+    # The ARN of the guardrail or async invocation the path names, if it names one by ARN.
+    resource: ResourceArn | None = None
 
     @property
     def wire_target(self) -> str:
@@ -83,13 +88,8 @@ _MODEL_ACTIONS = {
 
 _PERCENT_MALFORMED = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _GUARDRAIL_ID = re.compile(r"[a-z0-9]{1,64}")
-_GUARDRAIL_ARN = re.compile(
-    r"arn:(?:aws|aws-us-gov|aws-cn):bedrock:(?P<region>[a-z0-9-]{1,32}):[0-9]{12}:guardrail/[a-z0-9]{1,64}"
-)
 _GUARDRAIL_VERSION = re.compile(r"[1-9][0-9]{0,7}|DRAFT")
-_ASYNC_ARN = re.compile(
-    r"arn:(?:aws|aws-us-gov|aws-cn):bedrock:(?P<region>[a-z0-9-]{1,32}):[0-9]{12}:async-invoke/[a-z0-9]{12}"
-)
+_ASYNC_ID = re.compile(r"[a-z0-9]{12}")
 
 _LIST_ENUMS = {
     "statusEquals": frozenset({"InProgress", "Completed", "Failed"}),
@@ -129,14 +129,14 @@ def parse_route(method: str, raw_path: str) -> Route:
         if len(segments) == 2:
             _require(method, "GET")
             arn = _decode(segments[1], "invocation ARN")
-            match = _ASYNC_ARN.fullmatch(arn)
-            if match is None or not is_region(match.group("region")):
+            resource = parse_resource_arn(arn, "async-invoke")
+            if resource is None or _ASYNC_ID.fullmatch(resource.id) is None:
                 raise InvalidRequest(
                     "The async invocation ARN must read "
                     "arn:aws:bedrock:<region>:<account>:async-invoke/<12 characters>",
                     detail=f"invocation_arn={arn[:300]!r}",
                 )
-            return _async_route("GetAsyncInvoke", method, "", "bedrock:GetAsyncInvoke", arn)
+            return _async_route("GetAsyncInvoke", method, "", "bedrock:GetAsyncInvoke", resource)
     if path == "/guardrail-checks/invoke" and method == "POST":
         raise NotImplementedOperation(
             "InvokeGuardrailChecks is not supported through the proxy yet"
@@ -177,8 +177,13 @@ def _model_route(method: str, raw_model: str, action_name: str) -> Route:
 
 
 def _async_route(
-    operation: str, method: str, query: str, iam_action: str, arn: str | None = None
+    operation: str,
+    method: str,
+    query: str,
+    iam_action: str,
+    resource: ResourceArn | None = None,
 ) -> Route:
+    arn = None if resource is None else resource.arn
     return Route(
         operation=operation,
         method=method,
@@ -189,16 +194,16 @@ def _async_route(
         wire_path="/async-invoke" if arn is None else "/async-invoke/" + quote(arn, safe=""),
         wire_query=query,
         iam_actions=(iam_action,),
+        resource=resource,
     )
 
 
 def _guardrail_route(method: str, raw_id: str, raw_version: str) -> Route:
     identifier = _decode(raw_id, "guardrail identifier")
     version = _decode(raw_version, "guardrail version")
-    arn = _GUARDRAIL_ARN.fullmatch(identifier)
+    resource = parse_resource_arn(identifier, "guardrail")
     valid_id = len(identifier) <= MAX_GUARDRAIL_ID_LENGTH and (
-        _GUARDRAIL_ID.fullmatch(identifier) is not None
-        or (arn is not None and is_region(arn.group("region")))
+        _GUARDRAIL_ID.fullmatch(identifier) is not None or resource is not None
     )
     if not valid_id:
         raise InvalidRequest(
@@ -223,6 +228,7 @@ def _guardrail_route(method: str, raw_id: str, raw_version: str) -> Route:
         ),
         wire_query="",
         iam_actions=("bedrock:ApplyGuardrail",),
+        resource=resource,
     )
 
 

@@ -56,6 +56,7 @@ REQUEST_KEYS = {
     "region",
     "account",
     "model",
+    "resource",  # added: the guardrail or invocation ARN a path names
     "body_bytes",
     "tools",
     "tools_unreadable",  # added: places holding tools the proxy could not read
@@ -196,6 +197,39 @@ def test_build_opa_input_contract(
     }
     assert doc["task"] is None
     assert doc["time"] == "2024-05-01T12:30:45Z"
+
+
+@pytest.mark.parametrize(
+    ("method", "raw_path", "resource"),
+    [
+        (
+            "GET",
+            "/async-invoke/arn%3Aaws%3Abedrock%3Aus-west-2%3A210987654321%3Aasync-invoke%2Fabcdefghijkl",
+            {
+                "arn": "arn:aws:bedrock:us-west-2:210987654321:async-invoke/abcdefghijkl",
+                "type": "async-invoke",
+                "account": "210987654321",
+                "region": "us-west-2",
+            },
+        ),
+        (
+            "POST",
+            "/guardrail/arn%3Aaws%3Abedrock%3Aus-east-1%3A210987654321%3Aguardrail%2Fg1/version/1/apply",
+            {
+                "arn": "arn:aws:bedrock:us-east-1:210987654321:guardrail/g1",
+                "type": "guardrail",
+                "account": "210987654321",
+                "region": "us-east-1",
+            },
+        ),
+        ("POST", "/guardrail/g1/version/1/apply", None),
+        ("POST", "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke", None),
+    ],
+)
+def test_build_opa_input_names_the_resource_arn_of_the_path(
+    method: str, raw_path: str, resource: dict[str, str] | None
+) -> None:
+    assert build_opa_input(_query(method, raw_path))["request"]["resource"] == resource
 
 
 def test_build_opa_input_without_guardrail_or_account() -> None:

@@ -463,3 +463,87 @@ def test_unsupported_data_plane_operations_are_501(raw_path: str, operation: str
     assert err.value.status == 501
     assert operation in err.value.message
     assert "not supported through the proxy yet" in err.value.message
+
+
+# --- ARNs in the path: their account and region --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("identifier", "partition", "region"),
+    [
+        (f"arn:aws:bedrock:us-west-2:{ACCT}:guardrail/abc123", "aws", "us-west-2"),
+        (f"arn:aws-us-gov:bedrock:us-gov-west-1:{ACCT}:guardrail/abc123", "aws-us-gov", None),
+        (f"arn:aws-cn:bedrock:cn-north-1:{ACCT}:guardrail/abc123", "aws-cn", None),
+    ],
+)
+def test_guardrail_arn_gives_its_account_and_region(
+    identifier: str, partition: str, region: str | None
+) -> None:
+    route = parse_route("POST", f"/guardrail/{quote(identifier, safe='')}/version/1/apply")
+    assert route.resource is not None
+    assert route.resource.arn == identifier
+    assert (route.resource.type, route.resource.account) == ("guardrail", ACCT)
+    assert route.resource.partition == partition
+    assert route.resource.region == identifier.split(":")[3]
+
+
+def test_guardrail_id_names_no_resource_arn() -> None:
+    assert parse_route("POST", "/guardrail/abc123/version/1/apply").resource is None
+
+
+def test_invocation_arn_gives_its_account_and_region() -> None:
+    arn = f"arn:aws:bedrock:eu-west-1:{ACCT}:async-invoke/abcdefghijkl"
+    route = parse_route("GET", "/async-invoke/" + quote(arn, safe=""))
+    assert route.resource is not None
+    assert route.resource.to_opa() == {
+        "arn": arn,
+        "type": "async-invoke",
+        "account": ACCT,
+        "region": "eu-west-1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "raw_path", "message_part"),
+    [
+        # A region outside the ARN's partition is no ARN of any partition.
+        (
+            "POST",
+            "/guardrail/"
+            + quote(f"arn:aws-cn:bedrock:us-east-1:{ACCT}:guardrail/abc", safe="")
+            + "/version/1/apply",
+            "guardrail identifier",
+        ),
+        (
+            "POST",
+            "/guardrail/"
+            + quote(f"arn:aws:bedrock:cn-north-1:{ACCT}:guardrail/abc", safe="")
+            + "/version/1/apply",
+            "guardrail identifier",
+        ),
+        (
+            "GET",
+            "/async-invoke/"
+            + quote(f"arn:aws-us-gov:bedrock:us-east-1:{ACCT}:async-invoke/abcdefghijkl", safe=""),
+            "async invocation ARN",
+        ),
+        # The resource type must be the one of the route.
+        (
+            "GET",
+            "/async-invoke/"
+            + quote(f"arn:aws:bedrock:us-east-1:{ACCT}:guardrail/abcdefghijkl", safe=""),
+            "async invocation ARN",
+        ),
+        (
+            "POST",
+            "/guardrail/"
+            + quote(f"arn:aws:bedrock:us-east-1:{ACCT}:async-invoke/abc", safe="")
+            + "/version/1/apply",
+            "guardrail identifier",
+        ),
+    ],
+)
+def test_resource_arns_read_one_way_only(method: str, raw_path: str, message_part: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse_route(method, raw_path)
+    assert message_part in err.value.message
