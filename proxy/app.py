@@ -96,10 +96,13 @@ async def handle_data_plane(request: web.Request) -> web.StreamResponse:
 def build_data_app(settings: Settings, *, worker: int = 0) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[METRICS] = Metrics()
-    # The task routes first: the catch-all below takes everything else.
-    app.router.add_post("/v1/tasks", _task_handler("open_task"))
-    app.router.add_get("/v1/tasks/{task_id}", _task_handler("get_task"))
-    app.router.add_delete("/v1/tasks/{task_id}", _task_handler("end_task"))
+    # The task routes first: the catch-all below takes everything else. Each is
+    # also served under /region/<region>, the endpoint an application names its
+    # region with (docs/api.md#region), so one endpoint URL serves all its calls.
+    for prefix in ("", "/region/{region}"):
+        app.router.add_post(f"{prefix}/v1/tasks", _task_handler("open_task"))
+        app.router.add_get(f"{prefix}/v1/tasks/{{task_id}}", _task_handler("get_task"))
+        app.router.add_delete(f"{prefix}/v1/tasks/{{task_id}}", _task_handler("end_task"))
     app.router.add_route("*", "/{tail:.*}", handle_data_plane)
     app.cleanup_ctx.append(_components(settings, worker))
     return app

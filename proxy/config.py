@@ -50,7 +50,8 @@ class Settings:
     trust_bundles: Mapping[str, Path]
     opa_url: str
     opa_timeout_s: float
-    default_region: str
+    # None: a call that names no region is refused (docs/api.md#region).
+    default_region: str | None
     default_account: str | None
     sts_endpoint: str | None
     sts_region: str
@@ -114,7 +115,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         trust_bundles=reader.trust_bundles(),
         opa_url=reader.url("opa", "url", "http://127.0.0.1:8181"),
         opa_timeout_s=reader.millis("opa", "timeout_ms", 2000),
-        default_region=reader.region("aws", "default_region", "us-east-1"),
+        default_region=reader.optional_region("aws", "default_region"),
         default_account=reader.account("aws", "default_account"),
         sts_endpoint=reader.optional_url("aws", "sts_endpoint"),
         sts_region=reader.region("aws", "sts_region", "us-east-1"),
@@ -144,7 +145,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
 
 
 def _check_upstream(settings: Settings) -> None:
-    sample = settings.upstream_url.replace("{region}", settings.default_region)
+    sample = settings.upstream_url.replace("{region}", settings.default_region or "us-east-1")
     parts = urlsplit(sample)
     if parts.scheme not in ("https", "http") or not parts.hostname or not _port_ok(parts):
         raise ConfigError(f"upstream.url {settings.upstream_url!r} must be an http(s) URL")
@@ -336,6 +337,11 @@ class _Reader:
         if not is_region(value):
             raise ConfigError(f"{section}.{key} {value!r} is not an AWS region name")
         return value
+
+    def optional_region(self, section: str, key: str) -> str | None:
+        if self._get(section, key, None) is None:
+            return None
+        return self.region(section, key, "")
 
     def account(self, section: str, key: str) -> str | None:
         value = self._get(section, key, None)

@@ -27,7 +27,9 @@ from proxy.request.operations import Route
 class Target:
     """Where the call goes and under which task, as read from the caller's request."""
 
-    region: str
+    # Always a region on the data listener; None only on an admin route that
+    # names none when aws.default_region is not set (it calls no region).
+    region: str | None
     account: str | None
     model: ModelRef | None = None
     task_id: str | None = None

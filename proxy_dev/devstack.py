@@ -144,8 +144,11 @@ def write_proxy_config(
     max_body_bytes: int = 25_000_000,
     audit_options: Mapping[str, object] | None = None,
     shutdown_grace_ms: int = 30_000,
+    default_region: str | None = REGION,
 ) -> Path:
     bundles = trust_domains or {TRUST_DOMAIN: pki / "ca.pem"}
+    # None leaves the key out: a call that names no region is then refused.
+    region_line = "" if default_region is None else f'default_region = "{default_region}"\n'
     # Extra [audit] keys (fsync, signing_key, format, ...), rendered as TOML values.
     audit_extra = "".join(
         f"{key} = {json.dumps(value)}\n" for key, value in (audit_options or {}).items()
@@ -169,8 +172,7 @@ url = "{opa_url}"
 timeout_ms = {opa_timeout_ms}
 
 [aws]
-default_region = "{REGION}"
-default_account = "{ACCOUNT}"
+{region_line}default_account = "{ACCOUNT}"
 sts_endpoint = "{emulator["sts_url"]}"
 
 [upstream]

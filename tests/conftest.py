@@ -210,11 +210,13 @@ def _open_requests(records: list[dict[str, Any]]) -> set[str]:
     return authorized - {r["request_id"] for r in records if r.get("event") in TERMINAL}
 
 
-def bedrock_client(url: str, ca_bundle: Path, cert: certs.CertPair) -> Any:
+def bedrock_client(
+    url: str, ca_bundle: Path, cert: certs.CertPair, region: str = "us-east-1"
+) -> Any:
     """An unmodified boto3 client: only endpoint_url and a client certificate, no AWS keys."""
     return boto3.client(
         "bedrock-runtime",
-        region_name="us-east-1",
+        region_name=region,
         endpoint_url=url,
         verify=str(ca_bundle),
         config=Config(

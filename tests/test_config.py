@@ -83,7 +83,8 @@ def test_minimal_config_loads_with_defaults(config_dir: Path) -> None:
         trust_bundles={"example.org": config_dir / "bundle.pem"},
         opa_url="http://127.0.0.1:8181",
         opa_timeout_s=2.0,
-        default_region="us-east-1",
+        # No built-in region: a call that names none is refused, not sent to us-east-1.
+        default_region=None,
         default_account=None,
         sts_endpoint=None,
         sts_region="us-east-1",
@@ -178,6 +179,7 @@ def test_full_config_loads(config_dir: Path) -> None:
         # region / account
         ({"aws": {"default_region": "US-EAST-1"}}, ["aws.default_region"]),
         ({"aws": {"default_region": "useast1"}}, ["aws.default_region"]),
+        ({"aws": {"default_region": ""}}, ["aws.default_region"]),
         ({"aws": {"sts_region": "mars-1"}}, ["aws.sts_region"]),
         ({"aws": {"default_account": "12345"}}, ["aws.default_account"]),
         ({"aws": {"default_account": "12345678901a"}}, ["aws.default_account"]),
@@ -311,6 +313,10 @@ def test_plaintext_option_must_be_a_boolean(
 ) -> None:
     with pytest.raises(ConfigError, match=f"{section}.{option} must be true or false"):
         _load(config_dir, {section: {option: "yes"}})
+
+
+def test_default_region_is_read_when_named(config_dir: Path) -> None:
+    assert _load(config_dir, {"aws": {"default_region": "us-west-2"}}).default_region == "us-west-2"
 
 
 @pytest.mark.parametrize("max_body", [1, 1024, 25_000_000])

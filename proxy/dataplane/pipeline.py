@@ -146,12 +146,15 @@ class DataPlane:
             request.headers.get("Host"),
             request.headers.get("Authorization"),
             self.settings.default_region,
+            path_region=route.region,
+            resource=route.resource,
         )
         document = await offload_if_large(len(body), read_document, route.operation, body)
-        model = _model(route, document, region, self.settings.default_account)
+        model = _model(route, document, region.name, self.settings.default_account)
         account = _account(route, model, self.settings.default_account)
         task_id = _task_id(request.headers.get("X-Task-Id"))
-        return Admitted(body, document, Target(region, account, model, task_id), forwarded)
+        target = Target(region.name, account, model, task_id)
+        return Admitted(body, document, target, forwarded)
 
     async def inspect(
         self,
@@ -271,6 +274,7 @@ class DataPlane:
         prepared: Prepared,
         credentials: SessionCredentials,
     ) -> Outgoing:
+        assert target.region is not None, "admit resolves the region"
         url = self.settings.upstream_base(target.region) + route.wire_path
         if route.wire_query:
             url += "?" + route.wire_query
@@ -306,6 +310,7 @@ class DataPlane:
         obligations: Obligations,
         task: Task | None,
     ) -> CredentialScope:
+        assert target.region is not None, "admit resolves the region"
         return CredentialScope(
             role_arn=obligations.role_arn,
             spiffe_id=identity.spiffe_id,

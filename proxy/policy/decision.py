@@ -87,7 +87,8 @@ class PolicyQuery:
     identity: WorkloadIdentity
     route: Route
     model: ModelRef | None
-    region: str
+    # None only on the admin listener, which calls no region (context.Target).
+    region: str | None
     account: str | None
     body_bytes: int
     tools: tuple[str, ...]

@@ -21,6 +21,13 @@ Security reasoning:
   policy, the wire and the SigV4 canonical URI all see one canonical id; the
   caller's own spelling of the path is never forwarded.
 - Fixed segments are compared raw: ``/model/x/%69nvoke`` is not ``invoke``.
+- An endpoint ``https://<proxy>/region/<region>`` names the call's region for
+  an SDK that cannot (an unsigned client sends its ``region_name`` nowhere);
+  botocore keeps an endpoint's path as a prefix of every operation's path. The
+  prefix is read here, once, raw (no percent-decoding: a region has no
+  character to encode), must have AWS region syntax, and is not part of the
+  forwarded path, which is rebuilt from the labels as always. Whether it
+  agrees with the Host and the SigV4 scope is ``region.resolve_region``'s check.
 - An ARN in the path (a guardrail's, an async invocation's) is parsed into its
   partition, region and account (``Route.resource``), so policy sees the
   account and region it names, as it sees a model ARN's.
@@ -33,12 +40,13 @@ Security reasoning:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from urllib.parse import quote, unquote
 
 from proxy.errors import InvalidRequest, NotImplementedOperation, UnknownOperation
 from proxy.request.models import validate_model_id
+from proxy.request.region import is_region
 from proxy.request.resources import ResourceArn, parse_resource_arn
 
 MAX_GUARDRAIL_ID_LENGTH = 2048
@@ -56,6 +64,8 @@ class Route:
     wire_path: str
     wire_query: str
     iam_actions: tuple[str, ...]
+    # The region of the path prefix /region/<region>, if the caller used it.
+    region: str | None = None
     # The ARN of the guardrail or async invocation the path names, if it names one by ARN.
     resource: ResourceArn | None = None
 
@@ -90,6 +100,7 @@ _PERCENT_MALFORMED = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _GUARDRAIL_ID = re.compile(r"[a-z0-9]{1,64}")
 _GUARDRAIL_VERSION = re.compile(r"[1-9][0-9]{0,7}|DRAFT")
 _ASYNC_ID = re.compile(r"[a-z0-9]{12}")
+_REGION_PREFIX = "/region/"
 
 _LIST_ENUMS = {
     "statusEquals": frozenset({"InProgress", "Completed", "Failed"}),
@@ -107,6 +118,26 @@ _NEXT_TOKEN = re.compile(r"[!-~]{1,2048}")  # printable ASCII, no whitespace
 def parse_route(method: str, raw_path: str) -> Route:
     """Map a method and a raw (still percent-encoded) request target to a ``Route``."""
     path, _, query = raw_path.partition("?")
+    region, path = split_region_prefix(path)
+    route = _route(method, path, query)
+    return route if region is None else replace(route, region=region)
+
+
+def split_region_prefix(path: str) -> tuple[str | None, str]:
+    """``/region/<region>/rest`` -> ``(region, "/rest")``; any other path -> ``(None, path)``."""
+    if not path.startswith(_REGION_PREFIX):
+        return None, path
+    region, _, rest = path[len(_REGION_PREFIX) :].partition("/")
+    if not is_region(region):
+        raise InvalidRequest(
+            "The path prefix /region/<region> must name an AWS region in lower case, "
+            "e.g. /region/us-west-2",
+            detail=f"region={region[:64]!r}",
+        )
+    return region, "/" + rest
+
+
+def _route(method: str, path: str, query: str) -> Route:
     if not path.startswith("/"):
         raise _unknown()
     segments = path[1:].split("/")

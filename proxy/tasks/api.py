@@ -45,8 +45,8 @@ from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.policy.classify.classifier import classify
 from proxy.policy.decision import Decision, OpaDecider, PolicyQuery, build_opa_input
 from proxy.request.headers import check_headers
-from proxy.request.operations import Route
-from proxy.request.region import resolve_region
+from proxy.request.operations import Route, split_region_prefix
+from proxy.request.region import find_region, resolve_region
 from proxy.tasks.model import (
     Task,
     new_task,
@@ -114,7 +114,7 @@ class TaskApi:
     # --- admin plane ----------------------------------------------------------
 
     async def admin_list(self, request: web.Request, ctx: RequestContext) -> web.Response:
-        identity = self._identify(request, ctx, "ListTasks")
+        identity = self._identify(request, ctx, "ListTasks", admin=True)
         await self._authorize_admin(request, ctx, identity, None)
         now = self.service.clock()
         tasks = await self.service.store.open_tasks(LIST_LIMIT)
@@ -122,11 +122,11 @@ class TaskApi:
 
     async def admin_status(self, request: web.Request, ctx: RequestContext) -> None:
         """Health and metrics: an admin identity allowed ``GetStatus``, else a refusal."""
-        identity = self._identify(request, ctx, "GetStatus")
+        identity = self._identify(request, ctx, "GetStatus", admin=True)
         await self._authorize_admin(request, ctx, identity, None)
 
     async def admin_revoke(self, request: web.Request, ctx: RequestContext) -> web.Response:
-        identity = self._identify(request, ctx, "EndTask")
+        identity = self._identify(request, ctx, "EndTask", admin=True)
         task_id = _name_task(ctx, request.match_info["task_id"])
         task = await self.service.store.get(task_id)
         await self._authorize_admin(request, ctx, identity, task)
@@ -139,18 +139,23 @@ class TaskApi:
     # --- shared steps ---------------------------------------------------------
 
     def _identify(
-        self, request: web.Request, ctx: RequestContext, operation: str
+        self, request: web.Request, ctx: RequestContext, operation: str, *, admin: bool = False
     ) -> WorkloadIdentity:
         ctx.route = task_route(operation, request.method, request.path)
         ctx.identity = self.identities.of_connection(request.transport, self.service.clock())
         check_headers(request.headers.items())
-        region = resolve_region(
-            request.headers.get("Host"),
-            request.headers.get("Authorization"),
-            self.settings.default_region,
-        )
-        ctx.target = Target(region, self.settings.default_account)
+        ctx.target = Target(self._region(request, admin=admin), self.settings.default_account)
         return ctx.identity
+
+    def _region(self, request: web.Request, *, admin: bool) -> str | None:
+        host, authorization = request.headers.get("Host"), request.headers.get("Authorization")
+        default = self.settings.default_region
+        if admin:
+            # The admin listener calls no region, so it need not name one.
+            found = find_region(host, authorization, default)
+            return None if found is None else found.name
+        path_region, _ = split_region_prefix(request.raw_path.partition("?")[0])
+        return resolve_region(host, authorization, default, path_region=path_region).name
 
     async def _own_task(
         self, request: web.Request, ctx: RequestContext, identity: WorkloadIdentity

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import botocore.session
 import pytest
+from botocore import UNSIGNED
+from botocore.config import Config
 
 from proxy.errors import InvalidRequest, NotImplementedOperation, UnknownOperation
 from proxy.request.operations import Route, parse_route
@@ -463,6 +466,104 @@ def test_unsupported_data_plane_operations_are_501(raw_path: str, operation: str
     assert err.value.status == 501
     assert operation in err.value.message
     assert "not supported through the proxy yet" in err.value.message
+
+
+# --- the region prefix: https://<proxy>/region/<region> as an SDK's endpoint ---------
+
+
+def _botocore_paths(endpoint: str) -> dict[str, tuple[str, str]]:
+    """operation -> (method, path?query) botocore sends through ``endpoint``."""
+    client = botocore.session.get_session().create_client(
+        "bedrock-runtime",
+        region_name="us-west-2",
+        endpoint_url=endpoint,
+        config=Config(signature_version=UNSIGNED),  # as the README's applications
+    )
+    client.meta.events.register("before-send.bedrock-runtime", _capture)
+    arn = f"arn:aws:bedrock:us-west-2:{ACCT}:async-invoke/abcdefghijkl"
+    calls: dict[str, tuple[str, dict[str, Any]]] = {
+        "Converse": ("converse", {"modelId": SONNET, **_CALL_KWARGS["converse"]}),
+        "InvokeModel": ("invoke_model", {"modelId": SONNET, "body": b"{}"}),
+        "GetAsyncInvoke": ("get_async_invoke", {"invocationArn": arn}),
+        "ListAsyncInvokes": ("list_async_invokes", {"maxResults": 3}),
+        "ApplyGuardrail": (
+            "apply_guardrail",
+            {
+                "guardrailIdentifier": "abc123",
+                "guardrailVersion": "1",
+                "source": "INPUT",
+                "content": [{"text": {"text": "x"}}],
+            },
+        ),
+    }
+    paths = {}
+    try:
+        for operation, (method, params) in calls.items():
+            with pytest.raises(_Captured) as captured:
+                getattr(client, method)(**params)
+            parts = urlsplit(captured.value.url)
+            http_method = "GET" if operation.endswith(("AsyncInvoke", "AsyncInvokes")) else "POST"
+            paths[operation] = (http_method, f"{parts.path}?{parts.query}".rstrip("?"))
+    finally:
+        client.close()
+    return paths
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_botocore_keeps_the_endpoint_path_and_the_prefix_is_stripped(slash: str) -> None:
+    # The whole feature rests on this: an unmodified SDK whose endpoint_url has a
+    # path sends it before every operation's path.
+    plain = _botocore_paths("https://proxy.test:8443")
+    prefixed = _botocore_paths("https://proxy.test:8443/region/us-west-2" + slash)
+    for operation, (method, target) in prefixed.items():
+        assert target == "/region/us-west-2" + plain[operation][1]
+        route = parse_route(method, target)
+        assert route.operation == operation
+        assert route.region == "us-west-2"
+        # What goes upstream (and is signed) is the path without the prefix.
+        assert route.wire_target == plain[operation][1]
+        assert replace(route, region=None) == parse_route(method, plain[operation][1])
+
+
+def test_no_prefix_names_no_region() -> None:
+    assert parse_route("POST", f"/model/{quote(SONNET, safe='')}/converse").region is None
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/region/moon/model/anthropic.claude-v2/invoke",
+        "/region/US-WEST-2/model/anthropic.claude-v2/invoke",
+        "/region//model/anthropic.claude-v2/invoke",
+        # Never decoded: a region has no character to encode.
+        "/region/us%2Dwest-2/model/anthropic.claude-v2/invoke",
+        "/region/us-west-2%2Fmodel/anthropic.claude-v2/invoke",
+        "/region/us-west-2 /model/anthropic.claude-v2/invoke",
+        "/region/us-west-2.x/model/anthropic.claude-v2/invoke",
+    ],
+)
+def test_a_malformed_region_prefix_is_a_400(raw_path: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse_route("POST", raw_path)
+    assert type(err.value) is InvalidRequest
+    assert "/region/<region>" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/region/us-west-2",
+        "/region/us-west-2/",
+        # One prefix only: a second one is no bedrock-runtime path.
+        "/region/us-west-2/region/us-west-2/model/anthropic.claude-v2/invoke",
+        "/region/us-west-2/v1/tasks",
+        "/%72egion/us-west-2/model/anthropic.claude-v2/invoke",
+        "/Region/us-west-2/model/anthropic.claude-v2/invoke",
+    ],
+)
+def test_the_prefix_alone_or_spelled_otherwise_is_no_route(raw_path: str) -> None:
+    with pytest.raises(UnknownOperation):
+        parse_route("POST", raw_path)
 
 
 # --- ARNs in the path: their account and region --------------------------------------
