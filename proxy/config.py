@@ -19,6 +19,10 @@ from urllib.parse import SplitResult, urlsplit
 from proxy.errors import ConfigError
 from proxy.request.region import is_region
 
+# AWS's own endpoints: the only upstream whose FIPS form the proxy knows.
+AWS_UPSTREAM_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+AWS_FIPS_UPSTREAM_URL = "https://bedrock-runtime-fips.{region}.amazonaws.com"
+
 
 @dataclass(frozen=True)
 class Listen:
@@ -73,8 +77,16 @@ class Settings:
     task_store_timeout_s: float = 0.5
     task_sweep_interval_s: float = 1.0
 
-    def upstream_base(self, region: str) -> str:
-        return self.upstream_url.format(region=region).rstrip("/")
+    def upstream_base(self, region: str, *, fips: bool = False) -> str:
+        template = self.upstream_fips_url if fips else self.upstream_url
+        if template is None:
+            raise ValueError("upstream.url has no FIPS form; check upstream_fips_url first")
+        return template.format(region=region).rstrip("/")
+
+    @property
+    def upstream_fips_url(self) -> str | None:
+        """The FIPS form of ``upstream.url``: only AWS's own endpoint template has one."""
+        return AWS_FIPS_UPSTREAM_URL if self.upstream_url.rstrip("/") == AWS_UPSTREAM_URL else None
 
 
 _SECTIONS = {
@@ -121,9 +133,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         sts_region=reader.region("aws", "sts_region", "us-east-1"),
         sts_timeout_s=reader.millis("aws", "sts_timeout_ms", 3000),
         max_session_seconds=reader.integer("aws", "max_session_seconds", 3600, 900, 43200),
-        upstream_url=reader.string(
-            "upstream", "url", "https://bedrock-runtime.{region}.amazonaws.com"
-        ),
+        upstream_url=reader.string("upstream", "url", AWS_UPSTREAM_URL),
         upstream_connect_timeout_s=reader.millis("upstream", "connect_timeout_ms", 3000),
         upstream_read_timeout_s=reader.millis("upstream", "read_timeout_ms", 120_000),
         max_body_bytes=reader.integer("limits", "max_body_bytes", 25_000_000, 1, 25_000_000),

@@ -33,6 +33,8 @@ class Target:
     account: str | None
     model: ModelRef | None = None
     task_id: str | None = None
+    # The caller asked for the FIPS endpoint (Host bedrock-runtime-fips.*).
+    fips: bool = False
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,36 @@ def test_default_region_is_read_when_named(config_dir: Path) -> None:
     assert _load(config_dir, {"aws": {"default_region": "us-west-2"}}).default_region == "us-west-2"
 
 
+@pytest.mark.parametrize(
+    ("url", "fips"),
+    [
+        # AWS's own endpoints: the FIPS form is AWS's FIPS endpoint of the same region.
+        (
+            "https://bedrock-runtime.{region}.amazonaws.com",
+            "https://bedrock-runtime-fips.us-west-2.amazonaws.com",
+        ),
+        (
+            "https://bedrock-runtime.{region}.amazonaws.com/",
+            "https://bedrock-runtime-fips.us-west-2.amazonaws.com",
+        ),
+        # Anything else (the emulator, a VPC endpoint, a fixed region) has none the proxy knows.
+        ("http://127.0.0.1:4567", None),
+        ("https://bedrock-runtime.us-west-2.amazonaws.com", None),
+        ("https://vpce-0abc.bedrock-runtime.{region}.vpce.amazonaws.com", None),
+        ("https://bedrock-runtime.{region}.amazonaws.com.cn", None),
+    ],
+)
+def test_fips_upstream_only_for_aws_endpoints(config_dir: Path, url: str, fips: str | None) -> None:
+    settings = _load(config_dir, {"upstream": {"url": url}})
+    if fips is None:
+        assert settings.upstream_fips_url is None
+        with pytest.raises(ValueError, match="no FIPS form"):
+            settings.upstream_base("us-west-2", fips=True)
+    else:
+        assert settings.upstream_base("us-west-2", fips=True) == fips
+        assert settings.upstream_base("us-west-2") == url.rstrip("/").format(region="us-west-2")
+
+
 @pytest.mark.parametrize("max_body", [1, 1024, 25_000_000])
 def test_max_body_bytes_bounds_accepted(config_dir: Path, max_body: int) -> None:
     assert _load(config_dir, {"limits": {"max_body_bytes": max_body}}).max_body_bytes == max_body

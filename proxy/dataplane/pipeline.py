@@ -67,6 +67,10 @@ from proxy.tasks.model import CallRecord, Task
 from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NO_FIPS_UPSTREAM = (
+    "This request asks for the FIPS endpoint (Host bedrock-runtime-fips.*), but the proxy's "
+    "upstream (upstream.url) has no FIPS form; it is not sent to a non-FIPS endpoint"
+)
 
 
 @dataclass(frozen=True)
@@ -149,11 +153,13 @@ class DataPlane:
             path_region=route.region,
             resource=route.resource,
         )
+        if region.fips and self.settings.upstream_fips_url is None:
+            raise InvalidRequest(_NO_FIPS_UPSTREAM)
         document = await offload_if_large(len(body), read_document, route.operation, body)
         model = _model(route, document, region.name, self.settings.default_account)
         account = _account(route, model, self.settings.default_account)
         task_id = _task_id(request.headers.get("X-Task-Id"))
-        target = Target(region.name, account, model, task_id)
+        target = Target(region.name, account, model, task_id, fips=region.fips)
         return Admitted(body, document, target, forwarded)
 
     async def inspect(
@@ -275,7 +281,7 @@ class DataPlane:
         credentials: SessionCredentials,
     ) -> Outgoing:
         assert target.region is not None, "admit resolves the region"
-        url = self.settings.upstream_base(target.region) + route.wire_path
+        url = self.settings.upstream_base(target.region, fips=target.fips) + route.wire_path
         if route.wire_query:
             url += "?" + route.wire_query
         signed = await offload_if_large(
