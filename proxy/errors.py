@@ -5,11 +5,33 @@ their usual exceptions, and a stable snake_case ``code`` used as the audit
 ``outcome`` detail and in metrics. ``message`` is written for the caller and
 must never contain internals of a library error; ``detail`` is for the audit
 record only.
+
+Both are bounded (``MAX_MESSAGE_CHARS``, ``MAX_DETAIL_CHARS``) whatever a raise
+site puts in them: a caller-controlled value echoed into a refusal must not
+make the answer, or the audit record that repeats it, grow with the request.
+Raise sites clip each identifier they echo with ``clip`` (``MAX_SHOWN_CHARS``)
+so that the message stays readable; the bound here is the guarantee.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+MAX_MESSAGE_CHARS = 2048
+MAX_DETAIL_CHARS = 2048
+# An identifier echoed in a message: above every valid task id (128) and long
+# enough to recognise a model id or SPIFFE ID by its start.
+MAX_SHOWN_CHARS = 128
+
+
+def clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` unchanged, or cut to at most ``limit`` characters (``limit`` >= 32)
+    ending in a marker that says how many characters were cut."""
+    if len(text) <= limit:
+        return text
+    # The marker's length with the largest possible count bounds the result.
+    keep = max(0, limit - len(f"...[+{len(text)} chars]"))
+    return f"{text[:keep]}...[+{len(text) - keep} chars]"
 
 
 class Outcome(StrEnum):
@@ -34,9 +56,10 @@ class ProxyError(Exception):
     outcome = Outcome.INTERNAL_ERROR
 
     def __init__(self, message: str, *, detail: str | None = None) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.detail = detail
+        self.detail = None if detail is None else clip(detail, MAX_DETAIL_CHARS)
 
 
 class InvalidRequest(ProxyError):

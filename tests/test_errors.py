@@ -50,3 +50,32 @@ def test_http_refusals_keep_their_status_in_aws_shape(
     assert refusal.error_type == error_type
     assert refusal.outcome is Outcome.INVALID_REQUEST
     assert refusal.message == "Refused"
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "clipped"),
+    [
+        ("", 32, ""),
+        ("short", 32, "short"),
+        ("a" * 32, 32, "a" * 32),
+        ("a" * 33, 32, "a" * 18 + "...[+15 chars]"),
+        ("b" * 1_000_000, 128, "b" * 109 + "...[+999891 chars]"),
+        ("\u00e9" * 200, 40, "\u00e9" * 25 + "...[+175 chars]"),
+    ],
+)
+def test_clip_bounds_and_says_how_much_was_cut(text: str, limit: int, clipped: str) -> None:
+    assert errors.clip(text, limit) == clipped
+    assert len(errors.clip(text, limit)) <= limit
+
+
+@pytest.mark.parametrize("size", [0, 10, 2048, 2049, 1_000_000])
+def test_every_refusal_message_and_detail_is_bounded(size: int) -> None:
+    value = "m" * size
+    for cls in [ProxyError, *_subclasses(ProxyError)]:
+        error = cls(f"The value {value} is refused", detail=f"value={value}")
+        assert len(error.message) <= errors.MAX_MESSAGE_CHARS
+        assert str(error) == error.message
+        assert error.detail is not None and len(error.detail) <= errors.MAX_DETAIL_CHARS
+        if size <= 2000:
+            assert error.message == f"The value {value} is refused"
+    assert ProxyError("x").detail is None
