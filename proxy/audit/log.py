@@ -42,6 +42,7 @@ from proxy.audit.sinks import AuditSink, FileSink, StdoutSink, worker_path
 from proxy.config import Settings
 from proxy.context import RequestContext
 from proxy.errors import AuditUnavailable, ConfigError
+from proxy.policy.decision import Decision, shown_reasons
 from proxy.tasks.model import Task
 
 FsyncPolicy = Literal["always", "batch"]
@@ -294,9 +295,7 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         "region": target.region if target else None,
         "account": target.account if target else None,
         "classification": ctx.classification.to_opa() if ctx.classification else None,
-        "decision": {"allow": decision.allow, "reasons": list(decision.reasons)}
-        if decision
-        else None,
+        "decision": _decision(decision) if decision else None,
         "obligations": decision.obligations.to_audit()
         if decision and decision.obligations
         else None,
@@ -318,6 +317,12 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         else None,
         "response": relay.capture.record() if relay and relay.capture else None,
     }
+
+
+def _decision(decision: Decision) -> dict[str, Any]:
+    # Bounded as in the deny message: a policy may echo caller input into reasons.
+    reasons, omitted = shown_reasons(decision.reasons)
+    return {"allow": decision.allow, "reasons": reasons, "reasons_omitted": omitted}
 
 
 def terminal_record(ctx: RequestContext) -> tuple[str, dict[str, Any]]:

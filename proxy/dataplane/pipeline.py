@@ -55,6 +55,7 @@ from proxy.policy.decision import (
     OpaDecider,
     PolicyQuery,
     build_opa_input,
+    denial_message,
 )
 from proxy.policy.obligations import apply_obligations, prompt_capture
 from proxy.request.body import read_document
@@ -227,9 +228,7 @@ class DataPlane:
     ) -> tuple[Obligations, Task | None]:
         """An allow with its obligations, and the task with this call counted; else refuse."""
         if not decision.allow or decision.obligations is None:
-            raise PolicyDenied(
-                f"Denied by policy: {'; '.join(decision.reasons)} (decision {decision.decision_id})"
-            )
+            raise PolicyDenied(denial_message(decision))
         if task is not None:
             # Atomic check-and-count: concurrent calls cannot overrun max_calls.
             model = admitted.target.model

@@ -10,18 +10,25 @@ Fail closed: OPA unreachable, slow, non-200 or not JSON -> PolicyUnavailable
 A result whose ``allow`` is anything but the boolean ``true`` is a deny. An
 obligation the proxy does not know, or a malformed one, denies the call: it
 is never silently ignored.
+
+The reasons are the policy author's, but a policy may echo the caller's input
+into them (one reason per tool, say): the deny message and the audit record
+show at most ``MAX_REASONS_SHOWN`` of them, each at most ``MAX_REASON_CHARS``
+long, and say how many were left out (``shown_reasons``, ``denial_message``),
+so a request cannot make its refusal grow with its own size. OPA's decision
+log, joined by the decision id, keeps them all.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from proxy.errors import ObligationUnenforceable, PolicyUnavailable
+from proxy.errors import ObligationUnenforceable, PolicyUnavailable, clip
 from proxy.identity.svid import WorkloadIdentity
 from proxy.policy.classify.classifier import Classification
 from proxy.policy.opa import OpaClient
@@ -33,6 +40,8 @@ from proxy.tasks.model import Task
 DECISION_PACKAGE = "bedrock.authz"
 DECISION_RULE = "decision"
 AUDIT_CAPTURE = ("none", "hash", "redacted", "full")
+MAX_REASONS_SHOWN = 5
+MAX_REASON_CHARS = 256
 # Matched with fullmatch: "$" would also accept a trailing newline.
 _ROLE_ARN = re.compile(r"arn:aws(-us-gov|-cn)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
 _GUARDRAIL_VERSION = re.compile(r"[1-9][0-9]{0,7}|DRAFT")
@@ -142,6 +151,19 @@ def build_opa_input(query: PolicyQuery) -> dict[str, Any]:
         "task": None if query.task is None else query.task.to_opa(),
         "time": query.now.isoformat().replace("+00:00", "Z"),
     }
+
+
+def shown_reasons(reasons: Sequence[str]) -> tuple[list[str], int]:
+    """The first ``MAX_REASONS_SHOWN`` reasons, each clipped, and how many were left out."""
+    shown = [clip(reason, MAX_REASON_CHARS) for reason in reasons[:MAX_REASONS_SHOWN]]
+    return shown, max(0, len(reasons) - MAX_REASONS_SHOWN)
+
+
+def denial_message(decision: Decision) -> str:
+    """The 403 (or 400) message of a deny: its reasons, bounded, and the decision id."""
+    shown, omitted = shown_reasons(decision.reasons)
+    reasons = "; ".join(shown) + (f" ... and {omitted} more" if omitted else "")
+    return f"Denied by policy: {reasons} (decision {clip(decision.decision_id)})"
 
 
 def parse_decision(

@@ -43,7 +43,13 @@ from proxy.errors import (
 )
 from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.policy.classify.classifier import classify
-from proxy.policy.decision import Decision, OpaDecider, PolicyQuery, build_opa_input
+from proxy.policy.decision import (
+    Decision,
+    OpaDecider,
+    PolicyQuery,
+    build_opa_input,
+    denial_message,
+)
 from proxy.request.headers import check_headers
 from proxy.request.operations import Route, split_region_prefix
 from proxy.request.region import find_region, resolve_region
@@ -222,8 +228,7 @@ def _name_task(ctx: RequestContext, task_id: str) -> str:
 def _enforce(decision: Decision) -> None:
     if decision.allow:
         return
-    reasons = "; ".join(decision.reasons)
-    message = f"Denied by policy: {reasons} (decision {decision.decision_id})"
+    message = denial_message(decision)
     if decision.reasons and all(r.startswith(_INVALID_PREFIX) for r in decision.reasons):
         # Bounds that live in policy data (ttl, max_calls, models): bad input, not a refusal.
         raise InvalidRequest(message)

@@ -282,7 +282,7 @@ def test_request_record_has_every_design_field() -> None:
         "findings": ["email"],
         "defaulted": False,
     }
-    assert record["decision"] == {"allow": True, "reasons": ["ok"]}
+    assert record["decision"] == {"allow": True, "reasons": ["ok"], "reasons_omitted": 0}
     assert record["obligations"]["guardrail"] == {"identifier": "gr1", "version": "1"}
     assert record["role_arn"] == ROLE
     assert record["role_session_name"] == "spiffe.example.org.chat"
@@ -294,6 +294,24 @@ def test_request_record_has_every_design_field() -> None:
     # Secrets never reach the record.
     text = json.dumps(record, default=str)
     assert SECRET not in text and TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    ("reasons", "shown", "omitted"),
+    [
+        ((), [], 0),
+        (("a", "b"), ["a", "b"], 0),
+        (tuple(f"r{i}" for i in range(17)), [f"r{i}" for i in range(5)], 12),
+        (("z" * 100_000,), ["z" * 238 + "...[+99762 chars]"], 0),
+        (("t",) * 50_000, ["t"] * 5, 49_995),
+    ],
+)
+def test_request_record_bounds_the_reasons_and_counts_the_rest(
+    reasons: tuple[str, ...], shown: list[str], omitted: int
+) -> None:
+    ctx = RequestContext(decision=Decision(False, reasons, None, "d", None))
+    record = request_record(ctx)
+    assert record["decision"] == {"allow": False, "reasons": shown, "reasons_omitted": omitted}
 
 
 def test_request_record_of_empty_context() -> None:

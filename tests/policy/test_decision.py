@@ -16,14 +16,18 @@ from proxy.errors import ObligationUnenforceable, PolicyUnavailable
 from proxy.identity.svid import WorkloadIdentity
 from proxy.policy.classify.classifier import Classification
 from proxy.policy.decision import (
+    MAX_REASON_CHARS,
+    MAX_REASONS_SHOWN,
     Decision,
     Guardrail,
     Obligations,
     OpaDecider,
     PolicyQuery,
     build_opa_input,
+    denial_message,
     parse_decision,
     parse_obligations,
+    shown_reasons,
 )
 from proxy.policy.opa import OpaClient
 from proxy.request.models import parse_model_id
@@ -686,3 +690,53 @@ async def test_opa_decider_names_the_revision_it_was_given() -> None:
     async with _serve(handler) as url:
         decision = await _decide(url, {"x": 1}, revision=Revision())
     assert decision.policy_revision == "sha256:abc"
+
+
+LONG = "x" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("reasons", "shown", "omitted"),
+    [
+        ((), [], 0),
+        (("a",), ["a"], 0),
+        (tuple("abcde"), list("abcde"), 0),
+        (tuple("abcdef"), list("abcde"), 1),
+        (("r",) * 50_000, ["r"] * MAX_REASONS_SHOWN, 50_000 - MAX_REASONS_SHOWN),
+        (("y" * MAX_REASON_CHARS,), ["y" * MAX_REASON_CHARS], 0),
+        ((LONG, "b"), [LONG[:237] + "...[+999763 chars]", "b"], 0),
+    ],
+)
+def test_shown_reasons_are_bounded_and_count_the_rest(
+    reasons: tuple[str, ...], shown: list[str], omitted: int
+) -> None:
+    assert shown_reasons(reasons) == (shown, omitted)
+    assert all(len(reason) <= MAX_REASON_CHARS for reason in shown_reasons(reasons)[0])
+
+
+@pytest.mark.parametrize(
+    ("reasons", "decision_id", "message"),
+    [
+        (("no",), "d1", "Denied by policy: no (decision d1)"),
+        (("a", "b"), "d1", "Denied by policy: a; b (decision d1)"),
+        (
+            tuple(f"tool_not_allowed: t{i}" for i in range(17)),
+            "d2",
+            "Denied by policy: tool_not_allowed: t0; tool_not_allowed: t1; tool_not_allowed: "
+            "t2; tool_not_allowed: t3; tool_not_allowed: t4 ... and 12 more (decision d2)",
+        ),
+        (("no",), "i" * 1000, f"Denied by policy: no (decision {'i' * 112}...[+888 chars])"),
+    ],
+)
+def test_denial_message_lists_at_most_five_reasons(
+    reasons: tuple[str, ...], decision_id: str, message: str
+) -> None:
+    assert denial_message(Decision(False, reasons, None, decision_id, None)) == message
+
+
+def test_denial_message_of_a_policy_echoing_a_huge_input_is_small() -> None:
+    # One reason per tool name of a 50,000-tool request, plus a 1 MB one.
+    reasons = (LONG, *(f"tool_not_allowed: {'n' * 60}{i}" for i in range(50_000)))
+    message = denial_message(Decision(False, reasons, None, "d", None))
+    assert len(message) < MAX_REASONS_SHOWN * (MAX_REASON_CHARS + 2) + 200
+    assert message.endswith(" ... and 49996 more (decision d)")
