@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -289,8 +290,13 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
         ProxyVariant("stub+audit", "stub", "file"),
         ProxyVariant("opa+noaudit", "opa", "off"),
     ]
-    workers_available = proxy_supports_workers()
-    if workers_available:
+    # Several workers need a shared task store (serve refuses "memory"): a local Redis.
+    workers_missing: str | None = None
+    if not proxy_supports_workers():
+        workers_missing = "`serve --workers` not available"
+    elif shutil.which("redis-server") is None:
+        workers_missing = "no redis-server for the workers' shared task store"
+    else:
         variants.append(ProxyVariant("opa+audit+2workers", "opa", "file", workers=2))
     cores = Cores.detect()
     result: dict[str, Any] = {
@@ -307,8 +313,8 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
         "settings": settings,
         "variants": [v.__dict__ for v in variants],
         "workers_variant": "measured"
-        if workers_available
-        else "not measured: `serve --workers` not available",
+        if workers_missing is None
+        else f"not measured: {workers_missing}",
     }
     with ExitStack() as exits:
         print(f"bench: starting the stack in {workdir}", flush=True)

@@ -182,6 +182,11 @@ def start_stack(
 
     env = devstack.proxy_environment()
     env["SSL_CERT_FILE"] = str(tls.ca)  # the proxy's upstream TLS trusts the dev CA
+    task_store = "memory"
+    if any(variant.workers > 1 for variant in variants):
+        # Workers share task state: serve refuses the per-process memory store.
+        redis, task_store = devstack.start_redis(workdir)
+        stack.callback(devstack.stop, redis)
     proxies: dict[str, RunningProxy] = {}
     for variant in variants:
         directory = workdir / f"proxy-{variant.name}"
@@ -196,6 +201,7 @@ def start_stack(
                 "bedrock_url": emulator_info["bedrock_tls_url"],
             },
             audit_log=audit,
+            task_store=task_store if variant.workers > 1 else "memory",
         )
         command = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
         if variant.workers > 1:

@@ -39,6 +39,14 @@ def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None)
             f'audit path "-" (stdout) cannot be shared by {workers} workers: '
             "set [audit] path to a file (each worker writes its own) or run one worker"
         )
+    if workers > 1 and settings.task_store == "memory":
+        # Each worker would keep its own tasks: a task opened through one is
+        # unknown to the others, and max_calls is counted per worker.
+        raise ConfigError(
+            f'[tasks] store = "memory" keeps task state in one process, so {workers} workers '
+            'cannot share it: set [tasks] store = "redis://HOST:6379/0" (or rediss:// for '
+            "TLS), shared by every worker, or run one worker"
+        )
     reserved = [_reserve(settings.data_listen), _reserve(settings.admin_listen)]
     ports = [sock.getsockname()[1] for sock in reserved]
     ready_read, ready_write = os.pipe()

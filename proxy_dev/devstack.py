@@ -132,6 +132,38 @@ def start_emulator(
     return process, wait_for_file(ready, process, "the emulator", 60)
 
 
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on 127.0.0.1 without persistence (the task store several workers
+    share); its URL. A missing binary is an error, never a stand-in."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError(
+            "redis-server is not installed (Debian package redis-server; make test installs it)"
+        )
+    port = free_port()
+    process = spawn(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        + ["--dir", str(directory)],
+        directory / "redis.log",
+    )
+    deadline = time.monotonic() + 10
+    while not _redis_answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise StackError(f"redis-server did not start (see {directory / 'redis.log'})")
+        time.sleep(0.05)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def write_proxy_config(
     path: Path,
     *,
@@ -144,6 +176,7 @@ def write_proxy_config(
     max_body_bytes: int = 25_000_000,
     audit_options: Mapping[str, object] | None = None,
     shutdown_grace_ms: int = 30_000,
+    task_store: str = "memory",
     default_region: str | None = REGION,
 ) -> Path:
     bundles = trust_domains or {TRUST_DOMAIN: pki / "ca.pem"}
@@ -154,6 +187,8 @@ def write_proxy_config(
         f"{key} = {json.dumps(value)}\n" for key, value in (audit_options or {}).items()
     )
     domains = "\n".join(f'"{name}" = "{bundle}"' for name, bundle in bundles.items())
+    # Left out for the default, so a caller may append its own [tasks] table.
+    tasks_section = "" if task_store == "memory" else f'[tasks]\nstore = "{task_store}"\n\n'
     path.write_text(
         f"""# Written by `bedrock-proxy dev up`: local defaults, not for production.
 [listen]
@@ -182,7 +217,7 @@ url = "{emulator["bedrock_url"]}"
 max_body_bytes = {max_body_bytes}
 shutdown_grace_ms = {shutdown_grace_ms}
 
-[audit]
+{tasks_section}[audit]
 path = "{audit_log}"
 {audit_extra}"""
     )

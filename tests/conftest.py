@@ -257,6 +257,14 @@ def emulator(emulator_service: Emulator) -> Emulator:
     return emulator_service
 
 
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server's URL: the task store of proxies that run several workers."""
+    process, url = devstack.start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    devstack.stop(process)
+
+
 class ProxyFactory:
     def __init__(self, tmp: pytest.TempPathFactory, pki: Pki, emulator: Emulator) -> None:
         self._tmp, self._pki, self._emulator = tmp, pki, emulator

@@ -72,8 +72,10 @@ def test_requests_outcomes_tokens_and_sts_calls_are_counted(
     assert output_tokens == 2 * answer["usage"]["outputTokens"]
 
 
-def test_every_scrape_sums_all_workers(proxy_factory: ProxyFactory, opa_url: str) -> None:
-    proxy = proxy_factory(opa_url, workers=2)
+def test_every_scrape_sums_all_workers(
+    proxy_factory: ProxyFactory, opa_url: str, shared_redis: str
+) -> None:
+    proxy = proxy_factory(opa_url, workers=2, task_store=shared_redis)
     calls = 0
     # Fresh connections until both workers have served (the kernel picks one per connection).
     while calls < 40 and (calls < 6 or len(_workers_that_served(proxy)) < 2):

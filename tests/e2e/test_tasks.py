@@ -6,7 +6,6 @@ import http.client
 import json
 import shutil
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,50 +30,10 @@ class RedisServer:
     """A real redis-server on 127.0.0.1, no persistence; a missing binary fails loudly."""
 
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, (
-            "redis-server is not installed (Debian package redis-server; make test installs it)"
-        )
-        self.port = devstack.free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self.ping():
-            assert time.monotonic() < deadline and self._process.poll() is None, (
-                "redis-server did not start"
-            )
-            time.sleep(0.05)
-
-    def ping(self) -> bool:
-        try:
-            with __import__("socket").create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        self._process, self.url = devstack.start_redis(directory)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(10)
+        devstack.stop(self._process)
 
 
 @pytest.fixture

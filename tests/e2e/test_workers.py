@@ -17,9 +17,9 @@ MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
 
 def test_two_workers_serve_and_fail_together(
-    proxy_factory: ProxyFactory, opa_url: str, emulator: Emulator
+    proxy_factory: ProxyFactory, opa_url: str, emulator: Emulator, shared_redis: str
 ) -> None:
-    proxy = proxy_factory(opa_url, workers=2)
+    proxy = proxy_factory(opa_url, workers=2, task_store=shared_redis)
     workers = children_of(proxy.process.pid)
     assert len(workers) == 2
     for _ in range(6):
@@ -58,10 +58,35 @@ def test_stdout_audit_with_several_workers_is_refused_at_start(
     assert 'audit path "-" (stdout) cannot be shared by 2 workers' in done.stderr
 
 
-def test_workers_stop_gracefully_when_the_parent_is_killed(
-    proxy_factory: ProxyFactory, opa_url: str
+def test_memory_task_store_with_several_workers_is_refused_at_start(
+    tmp_path: Path, pki: Pki, emulator: Emulator, opa_url: str
 ) -> None:
-    proxy = proxy_factory(opa_url, workers=2)
+    config = devstack.write_proxy_config(
+        tmp_path / "proxy.toml",
+        pki=pki.dir,
+        opa_url=opa_url,
+        emulator=emulator.info,
+        audit_log=tmp_path / "audit.log",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--workers", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("bedrock-proxy: ")
+    assert 'store = "memory"' in done.stderr and "3 workers" in done.stderr
+    assert "[tasks] store" in done.stderr and "redis://" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "audit.log").exists(), "refused before any worker started"
+
+
+def test_workers_stop_gracefully_when_the_parent_is_killed(
+    proxy_factory: ProxyFactory, opa_url: str, shared_redis: str
+) -> None:
+    proxy = proxy_factory(opa_url, workers=2, task_store=shared_redis)
     workers = children_of(proxy.process.pid)
     assert len(workers) == 2
     proxy.process.kill()  # SIGKILL: the parent cannot forward anything
