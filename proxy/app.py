@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy.audit.log import AuditLog, open_audit_log, terminal_record
 from proxy.aws.credentials import CredentialBroker, make_sts_client
@@ -89,12 +89,18 @@ def _write_terminal(audit: AuditLog, ctx: RequestContext, metrics: Metrics) -> N
         _log.error("audit write failed for terminal record", request_id=ctx.request_id)
 
 
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and Python, with versions: nothing to match against known bugs.
+    response.headers.popall(hdrs.SERVER, None)
+
+
 async def handle_data_plane(request: web.Request) -> web.StreamResponse:
     return await request.app[DATA_PLANE].handle(request, request[CONTEXT])
 
 
 def build_data_app(settings: Settings, *, worker: int = 0) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
+    app.on_response_prepare.append(_no_server_header)
     app[METRICS] = Metrics()
     # The task routes first: the catch-all below takes everything else. Each is
     # also served under /region/<region>, the endpoint an application names its
@@ -220,6 +226,7 @@ def build_admin_app(data_app: web.Application) -> web.Application:
     never reach the admin plane, and every admin call is on the record.
     """
     app = web.Application(middlewares=[error_middleware])
+    app.on_response_prepare.append(_no_server_header)
     app[DATA_APP] = data_app
     app[METRICS] = data_app[METRICS]
     app.router.add_get("/healthz", _admin_status(_health))
