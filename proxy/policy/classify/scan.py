@@ -10,7 +10,9 @@ one. A non-JSON body is scanned as text if it is UTF-8, else reported as
 they are reported as ``binary_content`` so policy can decide, since an image
 can carry text that no pattern here could see.
 
-A time budget is checked between texts; running out reports ``scan_incomplete``
+A time budget is checked between texts and, through the detectors'
+``Deadline``, inside each one (between regex windows and matches), so one
+20 MB string cannot outlast it; running out reports ``scan_incomplete``
 (restricted unless policy says otherwise), never a clean result.
 """
 
@@ -23,7 +25,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from proxy.policy.classify.detectors import BINARY_CONTENT, BLOB_CHARS, SCAN_INCOMPLETE, scan_text
+from proxy.policy.classify.detectors import (
+    BINARY_CONTENT,
+    BLOB_CHARS,
+    SCAN_INCOMPLETE,
+    Deadline,
+    OutOfTime,
+    scan_text,
+)
 from proxy.request.body import read_document
 
 # Marks "the body has not been parsed yet" (None means "parsed: not JSON").
@@ -98,9 +107,14 @@ def scan_body(
     clock: Callable[[], float] = time.monotonic,
     document: object = NOT_PARSED,
 ) -> tuple[str, ...]:
-    """The sorted finding kinds of a whole body (``document``: its JSON, if already parsed)."""
+    """The sorted finding kinds of a whole body (``document``: its JSON, if already parsed).
+
+    Past ``deadline`` (on ``clock``) the kinds found so far and ``scan_incomplete``.
+    """
     kinds: set[str] = set()
-    if not _scan_into(kinds, body, operation, deadline, clock, document):
+    try:
+        _scan_into(kinds, body, operation, Deadline(deadline, clock), document)
+    except OutOfTime:
         kinds.add(SCAN_INCOMPLETE)
     return tuple(sorted(kinds))
 
@@ -109,12 +123,11 @@ def _scan_into(
     kinds: set[str],
     body: bytes,
     operation: str | None,
-    deadline: float,
-    clock: Callable[[], float],
+    deadline: Deadline,
     document: object = NOT_PARSED,
-) -> bool:
+) -> None:
     if not body:
-        return True
+        return
     if document is NOT_PARSED:
         document = parse_body(body)
     if document is None:
@@ -122,27 +135,24 @@ def _scan_into(
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             kinds.add(BINARY_CONTENT)
-            return True
-        kinds.update(span.kind for span in scan_text(text))
-        return True
+            return
+        kinds.update(span.kind for span in scan_text(text, deadline))
+        return
     envelope = None
     if operation == "CountTokens":
         inner = count_tokens_inner(document)
         if inner is not None:
-            if not _scan_into(kinds, inner, "InvokeModel", deadline, clock):
-                return False
+            _scan_into(kinds, inner, "InvokeModel", deadline)
             envelope = document["input"]["invokeModel"]  # type: ignore[index]
     for container, key, binary in walk_json(document):
-        if clock() > deadline:
-            return False
+        deadline.check()
         if container is envelope and key == "body":
             continue  # scanned above as the InvokeModel body it wraps
         if binary:
             kinds.add(BINARY_CONTENT)
             continue
         text = key if container is None else _get(container, key)
-        kinds.update(span.kind for span in scan_text(text))
-    return True
+        kinds.update(span.kind for span in scan_text(text, deadline))
 
 
 def _get(container: object, key: str) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import math
 
 import pytest
 
+from proxy.policy.classify.classifier import classify
 from proxy.policy.classify.scan import scan_body
 from tests.policy.classify.samples import AWS_SECRET, IMAGE, JWT_VALUE, PEM, converse_body
 
@@ -51,3 +54,28 @@ from tests.policy.classify.samples import AWS_SECRET, IMAGE, JWT_VALUE, PEM, con
 )  # fmt: skip
 def test_every_body_shape_is_walked(operation: str, body: bytes, kinds: tuple[str, ...]) -> None:
     assert scan_body(body, operation=operation, deadline=float("inf")) == kinds
+
+
+# One string the size of a large prompt: a check between strings alone looks at
+# the clock once before it and never again until the whole string is scanned.
+_LONG_STRING = "ssn 078-05-1120, then " + "1 " * 100_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [json.dumps({"inputText": _LONG_STRING}).encode(), _LONG_STRING.encode()],
+    ids=["one JSON string", "plain text"],
+)
+def test_a_budget_spent_inside_one_string_is_scan_incomplete(body: bytes) -> None:
+    assert scan_body(body, operation="InvokeModel", deadline=math.inf) == ("us_ssn",)
+    ticks = itertools.count()  # one tick per look at the clock
+    kinds = scan_body(body, operation="InvokeModel", deadline=10, clock=lambda: next(ticks))
+    assert kinds == ("scan_incomplete",)
+    # It stopped at the first look past the deadline, not at the end of the string.
+    assert next(ticks) == 12
+
+
+def test_a_zero_budget_on_one_long_text_is_restricted() -> None:
+    ticks = itertools.count()
+    result = classify("public", _LONG_STRING.encode(), budget_s=0, clock=lambda: next(ticks))
+    assert (result.findings, result.effective) == (("scan_incomplete",), "restricted")
