@@ -43,6 +43,8 @@ class AuditSettings:
     rotate_bytes: int = 0  # 0: never by size
     rotate_seconds: float = 0  # 0: never by age
     connection_records_per_minute: int = 60
+    # The longest line written; a longer record is cut down (docs/audit.md#record-size).
+    max_record_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,9 @@ class _Reader:
             rotate_seconds=self.integer("audit", "rotate_seconds", 0, 0, 31 * 86_400),
             connection_records_per_minute=self.integer(
                 "audit", "connection_records_per_minute", 60, 0, 100_000
+            ),
+            max_record_bytes=self.integer(
+                "audit", "max_record_bytes", 256 * 1024, 32 * 1024, 64 * 1024 * 1024
             ),
         )
 

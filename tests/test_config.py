@@ -229,6 +229,9 @@ def test_full_config_loads(config_dir: Path) -> None:
         # audit
         ({"audit": {"path": ""}}, ["audit.path"]),
         ({"audit": {"path": 5}}, ["audit.path"]),
+        ({"audit": {"max_record_bytes": 32767}}, ["audit.max_record_bytes", "32768"]),
+        ({"audit": {"max_record_bytes": 64 * 1024 * 1024 + 1}}, ["audit.max_record_bytes"]),
+        ({"audit": {"max_record_bytes": "64KiB"}}, ["audit.max_record_bytes"]),
     ],
 )
 def test_bad_config_names_the_key(
@@ -352,6 +355,15 @@ def test_fips_upstream_only_for_aws_endpoints(config_dir: Path, url: str, fips: 
 @pytest.mark.parametrize("max_body", [1, 1024, 25_000_000])
 def test_max_body_bytes_bounds_accepted(config_dir: Path, max_body: int) -> None:
     assert _load(config_dir, {"limits": {"max_body_bytes": max_body}}).max_body_bytes == max_body
+
+
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [(None, 256 * 1024), (32 * 1024, 32 * 1024), (64 * 1024 * 1024, 64 * 1024 * 1024)],
+)
+def test_max_record_bytes(config_dir: Path, configured: int | None, expected: int) -> None:
+    audit = {} if configured is None else {"max_record_bytes": configured}
+    assert _load(config_dir, {"audit": audit}).audit.max_record_bytes == expected
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

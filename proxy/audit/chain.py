@@ -42,6 +42,11 @@ GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
 _DOMAIN = b"bedrock-proxy-audit-checkpoint-v1\n"
 _SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}$')
+_CHAIN_ID = re.compile(r"[0-9a-f]{16}")
+_MAX_SEQ = 2**63 - 1
+# The most bytes ``seal`` adds to a record's JSON (chain, seq, prev_hash, hash),
+# given a chain id and seq as ``head_of`` accepts them.
+SEAL_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,15 @@ def parse_line(line: bytes) -> ParsedLine:
 
 
 def head_of(line: bytes) -> ChainHead:
-    """The chain head a previous run left behind, from its last line."""
+    """The chain head a previous run left behind, from its last line.
+
+    ValueError for a line that is not a link of a chain this proxy writes, so a
+    resumed chain keeps the id and seq sizes ``SEAL_BYTES`` allows for.
+    """
     parsed = parse_line(line)
     record = parsed.record
+    if not _CHAIN_ID.fullmatch(record["chain"]) or not 0 <= record["seq"] < _MAX_SEQ:
+        raise ValueError("the last line's chain id or seq is not one this proxy writes")
     sealed = record.get("event") == CHECKPOINT and record.get("final") is True
     return ChainHead(record["chain"], record["seq"], parsed.claimed_hash, sealed)
 

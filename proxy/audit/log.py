@@ -15,6 +15,11 @@ controlled value can break a line or smuggle control or bidi characters.
 Secrets, signatures and raw bodies never appear; the prompt is captured only as
 the decision's ``audit_capture`` obligation says. TLS handshake failures are
 recorded per connection, rate-limited so a flood cannot fill the disk.
+
+No line is longer than ``max_record_bytes``: a record that would be is cut
+down before it is chained (``bound.fit``: the largest values outside the
+contract fields become a marker, and ``truncated`` names them), so it still
+verifies, and a request cannot make the log pay for its own size.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from typing import Any, Literal
 import structlog
 
 from proxy.audit import ocsf
+from proxy.audit.bound import DEFAULT_MAX_RECORD_BYTES, fit
 from proxy.audit.chain import (
     CHECKPOINT,
+    SEAL_BYTES,
     ChainHead,
     Signer,
     head_of,
@@ -73,8 +80,10 @@ class AuditLog:
         connection_records_per_minute: int = 60,
         observe_write: Callable[[float], None] | None = None,
         worker: int = 0,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self._sink = sink
+        self._max_record_bytes = max_record_bytes
         self._signer = signer
         self._fsync = fsync
         self._batch_s = batch_s
@@ -129,16 +138,29 @@ class AuditLog:
 
     def _render(self, logger: object, method: str, event_dict: Any) -> Any:
         record = {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
+        line, head = seal(self._shape(record), self._head)
+        if len(line) > self._max_record_bytes:
+            fitted = fit(record, self._max_record_bytes - SEAL_BYTES, self._shape)
+            line, head = seal(self._shape(fitted), self._head)
+            structlog.get_logger("bedrock_proxy").warning(
+                "audit record truncated",
+                record_event=record["event"],
+                request_id=fitted.get("request_id"),
+                fields=fitted.get("truncated"),
+            )
+        return (line,), {"head": head}
+
+    def _shape(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record as written: a checkpoint signed, a request record in OCSF if asked."""
         if record["event"] == CHECKPOINT:
-            record.update(
+            return record | (
                 self._signer.checkpoint_fields(self._head)
                 if self._signer
                 else {"key_id": None, "public_key": None, "sig": None}
             )
-        elif self._format == "ocsf":
-            record = ocsf.to_ocsf(record)
-        line, head = seal(record, self._head)
-        return (line,), {"head": head}
+        if self._format == "ocsf":
+            return ocsf.to_ocsf(record)
+        return record
 
     def write(self, event: str, **fields: Any) -> None:
         started = time.perf_counter()
@@ -387,6 +409,7 @@ def open_audit_log(
             connection_records_per_minute=options.connection_records_per_minute,
             observe_write=observe_write,
             worker=worker,
+            max_record_bytes=options.max_record_bytes,
         )
     except AuditUnavailable as exc:
         sink.close()
