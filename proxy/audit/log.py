@@ -114,12 +114,12 @@ class AuditLog:
         )
 
     def _resume(self) -> tuple[ChainHead, str, dict[str, Any]]:
-        last = self._sink.last_line()
-        if last is None:
-            return ChainHead.new(), "chain_start", {}
         try:
+            last = self._sink.last_line()
+            if last is None:
+                return ChainHead.new(), "chain_start", {}
             head = head_of(last)
-        except ValueError:
+        except ValueError:  # not a chained record, or too long to read back
             return ChainHead.new(), "chain_start", {"previous_unchained": True}
         if self._key_changed(last):
             # One chain, one signing key (audit verify holds checkpoints to it): a new

@@ -14,6 +14,12 @@ attacker) it reopens the path, and if that fails the write fails, so the proxy
 refuses calls rather than writing into a file nobody will read. It also
 rotates by size and age; the chain itself lives in ``AuditLog`` and simply
 continues into the new file.
+
+A restarted worker reads back only the last line of its file (``last_line``):
+backwards from the end a block at a time to the newline before it, then the
+line once, so a restart costs in proportion to that line, never to the file
+or to the square of a huge line; a line over ``MAX_RESUME_LINE_BYTES`` (the
+largest ``audit.max_record_bytes``) is not read at all.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
-from typing import Protocol
+from typing import BinaryIO, Protocol
+
+# The largest record the proxy writes (audit.max_record_bytes at its maximum).
+MAX_RESUME_LINE_BYTES = 64 * 1024 * 1024
+_BLOCK = 64 * 1024
 
 
 class AuditSink(Protocol):
@@ -118,21 +128,11 @@ class FileSink:
         self._open()
 
     def last_line(self) -> bytes | None:
-        """The last complete line of the file, read backwards from the end."""
+        """The last line of the file; ValueError if it is too long to read back."""
         if not self._regular:
             return None
         with open(self._path, "rb") as existing:
-            end = existing.seek(0, os.SEEK_END)
-            block, data = 4096, b""
-            while end > 0:
-                start = max(0, end - block)
-                existing.seek(start)
-                data = existing.read(end - start) + data
-                end = start
-                lines = data.rstrip(b"\n").split(b"\n")
-                if len(lines) > 1 or end == 0:
-                    return lines[-1] or None
-        return None
+            return last_line_of(existing, MAX_RESUME_LINE_BYTES)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -170,6 +170,41 @@ class StdoutSink:
 
     def close(self) -> None:
         self._closed = True
+
+
+def last_line_of(file: BinaryIO, limit: int, block: int = _BLOCK) -> bytes | None:
+    """The last line of ``file`` that is not empty, without its newline (None: no line).
+
+    Reads backwards a block at a time, keeping nothing but where the line ends,
+    until the newline before it; then reads the line once. At most twice the
+    line plus a block is read, whatever comes before it. ValueError, once more
+    than ``limit`` bytes were scanned, for a line longer than ``limit``.
+    """
+    position = file.seek(0, os.SEEK_END)
+    stop: int | None = None  # where the last line ends
+    first = 0  # where it starts
+    while position > 0:
+        start = max(0, position - block)
+        file.seek(start)
+        chunk = file.read(position - start)
+        position = start
+        if stop is None:
+            chunk = chunk.rstrip(b"\n")
+            if not chunk:
+                continue  # trailing newlines only so far
+            stop = start + len(chunk)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            first = start + newline + 1
+            break
+        if stop - start > limit:
+            break
+    if stop is None:
+        return None
+    if stop - first > limit:
+        raise ValueError(f"the last line is longer than {limit} bytes")
+    file.seek(first)
+    return file.read(stop - first)
 
 
 def _write_fully(fd: int, data: bytes) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from proxy import cli
-from proxy.audit import ocsf
+from proxy.audit import ocsf, sinks
 from proxy.audit.chain import Signer, generate_key, load_signer
 from proxy.audit.cli import TailFilter, parse_since, run_tail, run_verify, safe
 from proxy.audit.log import AuditLog, open_audit_log, request_record, terminal_record
@@ -549,6 +549,69 @@ def test_crash_leaves_an_open_request_and_resume_continues_the_chain(
     report = _report(audit_path, signer)
     assert [r.request_id for r in report.open_requests] == ["crashed"]
     assert not report.tampered and report.exit_code == 3
+
+
+def test_resume_after_a_last_line_of_several_megabytes_continues_the_chain(
+    audit_path: Path, signer: Signer
+) -> None:
+    # A run allowed the largest records crashed right after writing an 8 MB one.
+    first = open_log(audit_path, signer, max_record_bytes=64 * 1024 * 1024)
+    first.write("authorized", request_id="huge", prompt={"captured": "p" * 8_000_000})
+    assert len(_lines(audit_path)[-1]) > 8_000_000
+    second = open_log(audit_path, signer)
+    second.write("denied", request_id="later")
+    second.close()
+    records = _all(audit_path)
+    huge, resumed = records[1], records[2]
+    assert resumed["event"] == "chain_resumed" and resumed["previous_sealed"] is False
+    assert (resumed["chain"], resumed["seq"]) == (huge["chain"], huge["seq"] + 1)
+    assert resumed["prev_hash"] == huge["hash"]
+    report = _report(audit_path, signer)
+    assert not report.tampered and len(report.chains) == 1
+    assert [r.request_id for r in report.open_requests] == ["huge"]
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        b'{"event":"x","chain":"'
+        + b"c" * 5000
+        + b'","seq":1,"prev_hash":"'
+        + b"0" * 64
+        + b'","hash":"'
+        + b"1" * 64
+        + b'"}',
+        b'{"event":"x","chain":"0123456789abcdef","seq":'
+        + b"9" * 400
+        + b',"prev_hash":"'
+        + b"0" * 64
+        + b'","hash":"'
+        + b"1" * 64
+        + b'"}',
+        b"not a record",
+    ],
+)
+def test_a_last_line_this_proxy_did_not_write_starts_a_new_chain(
+    audit_path: Path, signer: Signer, last: bytes
+) -> None:
+    audit_path.write_bytes(last + b"\n")
+    log = open_log(audit_path, signer)
+    log.close()
+    start = json.loads(_lines(audit_path)[-2])
+    assert start["event"] == "chain_start" and start["previous_unchained"] is True
+    assert len(start["chain"]) == 16 and start["seq"] == 0
+
+
+def test_a_last_line_too_long_to_read_back_starts_a_new_chain(
+    audit_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = open_log(audit_path, signer, max_record_bytes=64 * 1024 * 1024)
+    first.write("authorized", request_id="huge", prompt={"captured": "p" * 2_000_000})
+    monkeypatch.setattr(sinks, "MAX_RESUME_LINE_BYTES", 1_000_000)
+    second = open_log(audit_path, signer)
+    second.close()
+    start = _all(audit_path)[2]
+    assert start["event"] == "chain_start" and start["previous_unchained"] is True
 
 
 def test_a_new_signing_key_starts_a_new_chain_that_names_the_old_one(
