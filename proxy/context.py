@@ -43,6 +43,8 @@ class PromptRecord:
 
     sha256: str | None
     captured: str | None = None
+    # The capture was cut at its limit (policy/obligations.py).
+    truncated: bool = False
 
 
 @dataclass

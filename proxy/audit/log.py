@@ -334,7 +334,11 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         "tool_calls": list(observation.tool_calls) if observation else [],
         "stop_reason": observation.stop_reason if observation else None,
         "stream_exception": observation.exception if observation else None,
-        "prompt": {"sha256": ctx.prompt.sha256, "captured": ctx.prompt.captured}
+        "prompt": {
+            "sha256": ctx.prompt.sha256,
+            "captured": ctx.prompt.captured,
+            "truncated": ctx.prompt.truncated,
+        }
         if ctx.prompt and ctx.prompt.sha256
         else None,
         "response": relay.capture.record() if relay and relay.capture else None,
@@ -349,6 +353,9 @@ def _decision(decision: Decision) -> dict[str, Any]:
 
 def terminal_record(ctx: RequestContext) -> tuple[str, dict[str, Any]]:
     fields = request_record(ctx)
+    if ctx.authorized and fields["prompt"] is not None:
+        # One copy a request: the captured prompt is in its ``authorized`` record.
+        fields["prompt"] = {**fields["prompt"], "captured": None}
     fields["outcome"] = str(ctx.outcome())
     fields["latency_ms"] = ctx.elapsed_ms()
     fields["ttfb_ms"] = ctx.relay.ttfb_ms if ctx.relay else None

@@ -262,13 +262,15 @@ class DataPlane:
             admitted.document if admitted.body else None,
         )
         capture = obligations.audit_capture
-        keep_hash, captured = await offload_if_large(
+        keep_hash, captured, truncated = await offload_if_large(
             len(body), prompt_capture, capture, route.operation, body
         )
         return Prepared(
             headers=headers,
             body=body,
-            prompt=PromptRecord(inspected.prompt_sha256 if keep_hash else None, captured),
+            prompt=PromptRecord(
+                inspected.prompt_sha256 if keep_hash else None, captured, truncated
+            ),
             capture=None if capture == "none" else ResponseCapture(capture),
         )
 

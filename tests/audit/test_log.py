@@ -290,7 +290,7 @@ def test_request_record_has_every_design_field() -> None:
     assert record["usage"] == {"input_tokens": 10, "output_tokens": 20}
     assert record["tool_calls"] == ["search"]
     assert record["stop_reason"] == "end_turn"
-    assert record["prompt"] == {"sha256": "ab" * 32, "captured": None}
+    assert record["prompt"] == {"sha256": "ab" * 32, "captured": None, "truncated": False}
     # Secrets never reach the record.
     text = json.dumps(record, default=str)
     assert SECRET not in text and TOKEN not in text
@@ -312,6 +312,15 @@ def test_request_record_bounds_the_reasons_and_counts_the_rest(
     ctx = RequestContext(decision=Decision(False, reasons, None, "d", None))
     record = request_record(ctx)
     assert record["decision"] == {"allow": False, "reasons": shown, "reasons_omitted": omitted}
+
+
+def test_the_captured_prompt_is_in_the_authorized_record_only() -> None:
+    ctx = _full_context()
+    ctx.prompt = PromptRecord("ab" * 32, "p" * 32768, truncated=True)
+    authorized = request_record(ctx)
+    assert authorized["prompt"] == {"sha256": "ab" * 32, "captured": "p" * 32768, "truncated": True}
+    _, completed = terminal_record(ctx)
+    assert completed["prompt"] == {"sha256": "ab" * 32, "captured": None, "truncated": True}
 
 
 def test_request_record_of_empty_context() -> None:

@@ -9,9 +9,10 @@ from urllib.parse import quote
 import pytest
 
 from proxy.aws.signing import forwardable_headers
+from proxy.dataplane.response_capture import CAPTURE_LIMIT_CHARS as RESPONSE_CAPTURE_LIMIT_CHARS
 from proxy.errors import InvalidRequest, ObligationUnenforceable
 from proxy.policy.decision import Guardrail, Obligations
-from proxy.policy.obligations import apply_obligations, prompt_capture
+from proxy.policy.obligations import CAPTURE_LIMIT_CHARS, apply_obligations, prompt_capture
 from proxy.request.models import ModelRef, parse_model_id
 from proxy.request.operations import Route, parse_route
 
@@ -383,14 +384,49 @@ def test_audit_capture_redacted_leaves_request_alone(operation: str) -> None:
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        ("none", (False, None)),
-        ("hash", (True, None)),
-        ("redacted", (True, '{"prompt":"mail [email]"}')),
-        ("full", (True, '{"prompt": "mail a@example.org"}')),
+        ("none", (False, None, False)),
+        ("hash", (True, None, False)),
+        ("redacted", (True, '{"prompt":"mail [email]"}', False)),
+        ("full", (True, '{"prompt": "mail a@example.org"}', False)),
     ],
 )
-def test_prompt_capture_modes(mode: str, expected: tuple[bool, str | None]) -> None:
+def test_prompt_capture_modes(mode: str, expected: tuple[bool, str | None, bool]) -> None:
     assert prompt_capture(mode, "InvokeModel", b'{"prompt": "mail a@example.org"}') == expected
+
+
+LIMIT = CAPTURE_LIMIT_CHARS
+
+
+@pytest.mark.parametrize(
+    ("body", "captured", "truncated"),
+    [
+        (b"a" * LIMIT, "a" * LIMIT, False),
+        (b"a" * (LIMIT + 1), "a" * LIMIT, True),
+        (b"a" * 25_000_000, "a" * LIMIT, True),
+        # Multi-byte characters count as one each, whole or not at all.
+        ("\u00e9".encode() * LIMIT, "\u00e9" * LIMIT, False),
+        ("\U0001f600".encode() * LIMIT, "\U0001f600" * LIMIT, False),
+        ("\U0001f600".encode() * (LIMIT + 1), "\U0001f600" * LIMIT, True),
+        (b"a" + "\U0001f600".encode() * LIMIT, "a" + "\U0001f600" * (LIMIT - 1), True),
+        (b"\xff" * (5 * LIMIT), "\ufffd" * LIMIT, True),
+    ],
+)
+def test_full_prompt_capture_keeps_at_most_the_limit(
+    body: bytes, captured: str, truncated: bool
+) -> None:
+    assert prompt_capture("full", "InvokeModel", body) == (True, captured, truncated)
+
+
+def test_redacted_prompt_capture_is_redacted_before_it_is_cut() -> None:
+    # An address straddling the cut is replaced whole, not kept in part.
+    text = "x" * (LIMIT - 10) + " jane.roe@example.org " + "y" * 100_000
+    keep, captured, truncated = prompt_capture("redacted", "InvokeModel", text.encode())
+    assert keep and truncated and captured is not None and len(captured) == LIMIT
+    assert captured == "x" * (LIMIT - 10) + " [email] y"
+
+
+def test_the_prompt_and_response_captures_have_one_limit() -> None:
+    assert CAPTURE_LIMIT_CHARS == RESPONSE_CAPTURE_LIMIT_CHARS
 
 
 def test_prompt_capture_unknown_mode_refuses() -> None:
