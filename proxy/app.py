@@ -5,13 +5,16 @@ ProxyError is turned into an AWS-shaped answer (status, ``x-amzn-ErrorType``,
 JSON ``message``) that SDKs raise as their usual exceptions, and every request,
 whatever happened, leaves exactly one terminal audit record from its
 ``finally``. Library error text never reaches the caller; it goes into the
-audit record as ``detail``.
+audit record as ``detail``. What aiohttp's HTTP parser refuses never reaches
+the middleware; ``early_refusal`` gives it the same answer and record
+(``proxy/request/malformed.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -49,12 +52,34 @@ _log = structlog.get_logger("bedrock_proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _Unbranded(web.Response):
+    """A response without aiohttp's Server header, also where aiohttp runs no
+    on_response_prepare: the answer to a request its parser refused (aiohttp#6463)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
 def error_response(error: ProxyError, request_id: str) -> web.Response:
-    return web.json_response(
-        {"message": error.message},
+    return _Unbranded(
+        text=json.dumps({"message": error.message}),
+        content_type="application/json",
         status=error.status,
         headers={"x-amzn-ErrorType": error.error_type, "x-amzn-RequestId": request_id},
     )
+
+
+def early_refusal(app: web.Application) -> Callable[[str | None, ProxyError], web.Response]:
+    """For refusals made before ``app`` runs (aiohttp's HTTP parser): the answer and the
+    terminal record that ``error_middleware`` gives every other refusal."""
+
+    def refuse(peer: str | None, error: ProxyError) -> web.Response:
+        ctx = RequestContext(peer=peer, error=error)
+        _write_terminal(app[AUDIT], ctx, app[METRICS])
+        return error_response(error, ctx.request_id)
+
+    return refuse
 
 
 @web.middleware

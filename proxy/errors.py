@@ -75,6 +75,12 @@ class UnknownOperation(InvalidRequest):
     code = "unknown_operation"
 
 
+class MalformedHttp(InvalidRequest):
+    """A request aiohttp's HTTP/1.1 parser refused, before any route or stage ran."""
+
+    code = "malformed_http"
+
+
 class NotImplementedOperation(InvalidRequest):
     status = 501
     error_type = "ValidationException"

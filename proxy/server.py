@@ -19,16 +19,18 @@ import socket
 import sys
 import uuid
 from collections.abc import Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from proxy.app import AUDIT, build_admin_app, build_data_app
+from proxy.app import AUDIT, build_admin_app, build_data_app, early_refusal
 from proxy.config import Listen, Settings
 from proxy.errors import ConfigError
 from proxy.identity.svid import TrustBundles, server_ssl_context
 from proxy.identity.tls_accept import TlsSite
+from proxy.request.malformed import MalformedHttpHandler
 
 
 def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None) -> int:
@@ -142,15 +144,22 @@ async def _serve_worker(
     ]
     # Handshake failures (no, bad or untrusted client certificates) are audited.
     audit = data_app[AUDIT]
+    loop = asyncio.get_running_loop()
     for runner, host, port in listeners:
+        assert runner.server is not None
+        # What aiohttp's HTTP parser refuses is answered and audited like every
+        # other refusal of that listener (the runners set no handler options).
+        handlers = partial(
+            MalformedHttpHandler, runner.server, loop=loop, refuse=early_refusal(runner.app)
+        )
         await TlsSite(
             runner,
             _listening(host, port),
             ssl_context=ssl_context,
             on_failure=audit.connection_failed,
+            handler_factory=handlers,
         ).start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_reader(lifeline, _parent_gone, loop, lifeline, stop)

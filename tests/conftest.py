@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import subprocess
 import time
@@ -182,6 +183,22 @@ class ProxyHandle:
         return http.client.HTTPSConnection(
             "127.0.0.1", port or self.port, context=context, timeout=30
         )
+
+    def wire(
+        self, data: bytes, cert: certs.CertPair | None = None, port: int | None = None
+    ) -> bytes:
+        """Send ``data`` as it is over mTLS (requests no HTTP client would write) and
+        return everything the proxy answers until it closes the connection."""
+        pair = cert or self.pki.svid(CHAT, "raw-client")
+        context = ssl.create_default_context(cafile=str(self.pki.ca_bundle))
+        context.load_cert_chain(str(pair.cert), str(pair.key))
+        with socket.create_connection(("127.0.0.1", port or self.port), timeout=30) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(data)
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                return answer
 
 
 def children_of(pid: int) -> list[int]:

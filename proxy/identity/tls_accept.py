@@ -96,12 +96,14 @@ class TlsSite(web.BaseSite):
         *,
         ssl_context: ssl.SSLContext,
         on_failure: FailureReporter,
+        handler_factory: Callable[[], asyncio.BaseProtocol] | None = None,
     ) -> None:
         super().__init__(runner)
         self._sock = sock
         ssl_context.sslobject_class = AlertingSSLObject
         self._tls = ssl_context
         self._on_failure = on_failure
+        self._handler_factory = handler_factory
         host, port = sock.getsockname()[:2]
         self._name = f"https://{host}:{port}"
 
@@ -111,7 +113,8 @@ class TlsSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        handler_factory = self._runner.server
+        # Default: the runner's own aiohttp request handlers.
+        handler_factory = self._handler_factory or self._runner.server
         assert handler_factory is not None
         accept_loop = _AcceptLoop(self._sock, handler_factory, self._tls, self._on_failure)
         accept_loop.start()

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import HAIKU, Emulator, ProxyHandle
+from tests.conftest import CHAT, HAIKU, Emulator, ProxyHandle
 
 MODEL = quote(HAIKU, safe="")
 GOOD = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
@@ -168,3 +168,81 @@ def test_bad_input_is_refused_clearly_and_audited(
     assert record["event"] == "denied"
     assert record["outcome"] == "invalid_request"
     assert record["decision"] is None
+
+
+HEAD = b"POST /model/" + MODEL.encode() + b"/converse HTTP/1.1\r\nHost: localhost\r\n"
+BODY = b"Content-Type: application/json\r\nContent-Length: " + str(len(GOOD)).encode()
+# Requests aiohttp's HTTP parser refuses before any route runs. ZQX marks the
+# caller's bytes, which neither the answer nor the audit record may repeat.
+MALFORMED: dict[str, tuple[bytes, str]] = {
+    "repeated Host": (HEAD + b"Host: ZQX\r\n" + BODY + b"\r\n\r\n" + GOOD, "Host header"),
+    "malformed request line": (b"POST ZQX\r\nHost: localhost\r\n\r\n", "request line"),
+    "invalid method": (b"P@ST /ZQX HTTP/1.1\r\nHost: localhost\r\n\r\n", "request line"),
+    "header too long": (HEAD + b"X-Long: ZQX" + b"a" * 9000 + b"\r\n\r\n", "8190 bytes"),
+    "request line too long": (b"GET /ZQX" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", "8190 bytes"),
+    "control character in a header name": (HEAD + b"X-ZQX\x01: v\r\n\r\n", "header line"),
+    "NUL in a header value": (HEAD + b"X-Task-Id: ZQX\x00\r\n\r\n", "control characters"),
+    "too many headers": (
+        HEAD + b"".join(b"X-ZQX%d: v\r\n" % i for i in range(200)) + b"\r\n",
+        "more than 128 headers",
+    ),
+    "no Host": (b"GET /ZQX HTTP/1.1\r\n\r\n", "Host header"),
+    "Content-Length and Transfer-Encoding": (
+        HEAD + BODY + b"\r\nTransfer-Encoding: chunked\r\n\r\nZQX",
+        "Content-Length",
+    ),
+}
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_what_the_http_parser_refuses_is_answered_in_aws_shape_and_audited(
+    proxy: ProxyHandle, emulator: Emulator, case: str
+) -> None:
+    data, words = MALFORMED[case]
+    raw = proxy.wire(data)  # returns once the proxy has closed the connection
+    assert b"ZQX" not in raw
+    status, headers, body = parse_answer(raw)
+    assert status == 400
+    assert headers["x-amzn-errortype"] == "ValidationException"
+    assert "server" not in headers, "the answer names no server software"
+    assert words.lower() in body["message"].lower()
+    assert emulator.requests() == []
+    [record] = proxy.request_of(headers["x-amzn-requestid"])
+    assert (record["event"], record["outcome"]) == ("denied", "invalid_request")
+    assert record["error"]["code"] == "malformed_http"
+    assert record["error"]["message"] == body["message"]
+    assert record["peer"] == "127.0.0.1"
+    assert (record["spiffe_id"], record["operation"], record["decision"]) == (None, None, None)
+    assert "ZQX" not in json.dumps(record)
+
+
+def test_the_admin_listener_answers_parser_refusals_the_same_way(proxy: ProxyHandle) -> None:
+    admin = proxy.pki.svid("spiffe://example.org/ns/platform/sa/admin", "admin-raw-client")
+    raw = proxy.wire(
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", admin, proxy.admin_port
+    )
+    status, headers, body = parse_answer(raw)
+    assert (status, headers["x-amzn-errortype"]) == (400, "ValidationException")
+    assert "server" not in headers
+    assert body["message"] == "The Host header appears more than once; send it once"
+    [record] = proxy.request_of(headers["x-amzn-requestid"])
+    assert record["error"]["code"] == "malformed_http"
+
+
+def test_one_connection_one_refusal_and_the_next_connection_is_served(proxy: ProxyHandle) -> None:
+    # The parser lost its place: what followed the refused request is not read as a request.
+    pipelined = b"GET\r\n\r\n" + HEAD + BODY + b"\r\n\r\n" + GOOD
+    assert proxy.wire(pipelined).count(b"x-amzn-RequestId") == 1
+    assert proxy.client(CHAT).converse(
+        modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "hi"}]}]
+    )["output"]

@@ -35,3 +35,11 @@ def test_no_answer_names_the_server_software(proxy: ProxyHandle, case: str) -> N
     )
     assert got == status
     assert "server" not in {name.lower() for name in headers}, headers
+
+
+def test_a_parser_refusal_names_no_server_software(proxy: ProxyHandle) -> None:
+    # aiohttp runs no on_response_prepare for these (aiohttp#6463): checked on its own.
+    answer = proxy.wire(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert head.startswith("http/1.0 400 ")
+    assert "\r\nserver:" not in head, head
