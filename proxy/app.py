@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import structlog
@@ -30,6 +31,7 @@ from proxy.dataplane.upstream import Upstream
 from proxy.errors import AuditUnavailable, ProxyError, http_refusal
 from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
+from proxy.offload import Offload
 from proxy.policy.classify.classifier import Classifier
 from proxy.policy.classify.defaults import DeclaredDefaults
 from proxy.policy.classify.rules import PolicyRules
@@ -146,10 +148,22 @@ def _components(
         # Every start is followed by its close on the stack: a failure half-way
         # through start-up closes what already started, in reverse order.
         async with contextlib.AsyncExitStack() as stack:
+            # Each kind of off-loop work has its own threads, shut down after the
+            # components that use them: a flood of heavy bodies queues behind itself
+            # and never delays a write-ahead record's fsync or an AssumeRole.
+            body_pool = stack.enter_context(
+                ThreadPoolExecutor(settings.body_work_threads, thread_name_prefix="body-work")
+            )
+            audit_pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="audit"))
+            sts_pool = stack.enter_context(ThreadPoolExecutor(4, thread_name_prefix="sts"))
+            offload = Offload(body_pool)
             metrics = app[METRICS]
             identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
             audit = open_audit_log(
-                settings, worker=worker, observe_write=metrics.audit_write_seconds.observe
+                settings,
+                worker=worker,
+                observe_write=metrics.audit_write_seconds.observe,
+                sync_executor=audit_pool,
             )
             stack.callback(audit.close)
             opa = await stack.enter_async_context(
@@ -179,6 +193,7 @@ def _components(
                 sts,
                 clock=lambda: datetime.now(UTC),
                 max_session_seconds=settings.max_session_seconds,
+                executor=sts_pool,
             )
             store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
             stack.push_async_callback(store.close)
@@ -197,7 +212,13 @@ def _components(
                 audit=audit,
                 tasks=tasks,
                 metrics=metrics,
-                classifier=Classifier(classification_rules, DeclaredDefaults(opa, revision)),
+                classifier=Classifier(
+                    classification_rules,
+                    DeclaredDefaults(opa, revision),
+                    offload=offload,
+                    budget_s=settings.scan_budget_s,
+                ),
+                offload=offload,
             )
             app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks)
             checkpoints = asyncio.create_task(

@@ -78,6 +78,11 @@ class Settings:
     task_store: str = "memory"
     task_store_timeout_s: float = 0.5
     task_sweep_interval_s: float = 1.0
+    # Wall-clock budget of one body's classification scan; past it the body is
+    # scan_incomplete (restricted in the shipped policy), never an unbounded scan.
+    scan_budget_s: float = 3.0
+    # Threads for body-sized work (parse, scan, hash, obligations, SigV4), their own.
+    body_work_threads: int = 2
 
     def upstream_base(self, region: str, *, fips: bool = False) -> str:
         template = self.upstream_fips_url if fips else self.upstream_url
@@ -149,6 +154,8 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         task_store=reader.task_store("tasks", "store", "memory"),
         task_store_timeout_s=reader.millis("tasks", "timeout_ms", 500),
         task_sweep_interval_s=reader.millis("tasks", "sweep_interval_ms", 1000),
+        scan_budget_s=reader.integer("limits", "scan_budget_ms", 3000, 100, 60_000) / 1000,
+        body_work_threads=reader.integer("limits", "body_work_threads", 2, 1, 16),
     )
     reader.reject_unknown_keys()
     _check_upstream(settings)

@@ -215,6 +215,12 @@ def test_full_config_loads(config_dir: Path) -> None:
         ({"limits": {"max_body_bytes": "1000"}}, ["limits.max_body_bytes"]),
         ({"limits": {"max_body_bytes": True}}, ["limits.max_body_bytes"]),
         ({"limits": {"max_body_bytes": 1000.0}}, ["limits.max_body_bytes"]),
+        ({"limits": {"scan_budget_ms": 99}}, ["limits.scan_budget_ms"]),
+        ({"limits": {"scan_budget_ms": 60_001}}, ["limits.scan_budget_ms"]),
+        ({"limits": {"scan_budget_ms": 1.5}}, ["limits.scan_budget_ms"]),
+        ({"limits": {"body_work_threads": 0}}, ["limits.body_work_threads"]),
+        ({"limits": {"body_work_threads": 17}}, ["limits.body_work_threads"]),
+        ({"limits": {"body_work_threads": True}}, ["limits.body_work_threads"]),
         ({"aws": {"max_session_seconds": 899}}, ["aws.max_session_seconds"]),
         ({"aws": {"max_session_seconds": 43201}}, ["aws.max_session_seconds"]),
         # timeouts
@@ -355,6 +361,13 @@ def test_fips_upstream_only_for_aws_endpoints(config_dir: Path, url: str, fips: 
 @pytest.mark.parametrize("max_body", [1, 1024, 25_000_000])
 def test_max_body_bytes_bounds_accepted(config_dir: Path, max_body: int) -> None:
     assert _load(config_dir, {"limits": {"max_body_bytes": max_body}}).max_body_bytes == max_body
+
+
+def test_scan_budget_and_body_threads_are_read(config_dir: Path) -> None:
+    limits = {"scan_budget_ms": 750, "body_work_threads": 4}
+    settings = _load(config_dir, {"limits": limits})
+    assert (settings.scan_budget_s, settings.body_work_threads) == (0.75, 4)
+    assert (_load(config_dir, {}).scan_budget_s, _load(config_dir, {}).body_work_threads) == (3, 2)
 
 
 @pytest.mark.parametrize(

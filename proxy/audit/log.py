@@ -28,6 +28,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +76,7 @@ class AuditLog:
         signer: Signer | None = None,
         fsync: FsyncPolicy = "always",
         batch_s: float = 0.005,
+        sync_executor: Executor | None = None,
         checkpoint_every: int = 1000,
         record_format: Format = "json",
         connection_records_per_minute: int = 60,
@@ -87,6 +89,9 @@ class AuditLog:
         self._signer = signer
         self._fsync = fsync
         self._batch_s = batch_s
+        # The fsync's own threads (None: the loop's default, tests only): body work
+        # and STS calls have theirs, so no flood of either delays a write-ahead record.
+        self._sync_executor = sync_executor
         self._checkpoint_every = checkpoint_every
         self._format = record_format
         self._observe_write = observe_write
@@ -215,7 +220,8 @@ class AuditLog:
         started = time.perf_counter()
         try:
             # fsync blocks for milliseconds: never on the event loop.
-            await asyncio.to_thread(self._sink.sync)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._sync_executor, self._sink.sync)
         except (OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
         finally:
@@ -387,7 +393,11 @@ def task_record(task: Task) -> dict[str, Any]:
 
 
 def open_audit_log(
-    settings: Settings, *, worker: int = 0, observe_write: Callable[[float], None] | None = None
+    settings: Settings,
+    *,
+    worker: int = 0,
+    observe_write: Callable[[float], None] | None = None,
+    sync_executor: Executor | None = None,
 ) -> AuditLog:
     """The configured sink and signer; worker n > 0 writes its own file (its own chain)."""
     options = settings.audit
@@ -409,6 +419,7 @@ def open_audit_log(
         return AuditLog(
             sink,
             signer=load_signer(options.signing_key) if options.signing_key else None,
+            sync_executor=sync_executor,
             fsync="batch" if options.fsync == "batch" else "always",
             batch_s=options.batch_s,
             checkpoint_every=options.checkpoint_every,

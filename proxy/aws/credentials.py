@@ -37,7 +37,9 @@ Security reasoning
   in flight: their waiters get an error and their result is not stored. STS
   sessions cannot be revoked, but these credentials never leave the proxy, so
   forgetting them ends their use.
-* botocore is synchronous: it runs in an executor, never on the event loop.
+* botocore is synchronous: it runs in an executor, never on the event loop,
+  and the app gives it threads of its own (``app._components``), so a flood of
+  body-sized work on the other pools can never delay an AssumeRole.
   Its errors are translated here; the caller-facing message never carries
   AWS internals, ``detail`` (for the audit record) does.
 """

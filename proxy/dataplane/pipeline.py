@@ -15,8 +15,10 @@ record. The body limit is enforced before OPA or STS is asked, so an oversized
 request costs neither. Nothing is forwarded before ``authorized`` is written.
 
 Every stage whose work grows with the body (parse, hash, classification scan,
-obligations, prompt capture, SigV4) goes through ``offload_if_large``: a large
-body is worked on in a thread, so one 20 MB call does not stall the others.
+obligations, prompt capture, SigV4) goes through ``offload.if_large``: a large
+body is worked on in the body-work pool, so one 20 MB call does not stall the
+others, and a flood of them waits for that pool only, never for the audit
+writer's or the STS client's threads.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from proxy.errors import (
 )
 from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.metrics import Metrics
-from proxy.offload import offload_if_large
+from proxy.offload import Offload
 from proxy.policy.classify.classifier import Classification, Classifier
 from proxy.policy.decision import (
     AsyncOutput,
@@ -68,6 +70,13 @@ from proxy.tasks.model import CallRecord, Task
 from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Bedrock's own maxima (botocore's GuardrailIdentifier, GuardrailVersion, S3Uri,
+# AccountId): a longer value, which Bedrock would refuse anyway, is refused
+# before it is copied into the policy input.
+_MAX_GUARDRAIL_ID_CHARS = 2048
+_MAX_GUARDRAIL_VERSION_CHARS = 8
+_MAX_S3_URI_CHARS = 1024
+_MAX_ACCOUNT_CHARS = 12
 _NO_FIPS_UPSTREAM = (
     "This request asks for the FIPS endpoint (Host bedrock-runtime-fips.*), but the proxy's "
     "upstream (upstream.url) has no FIPS form; it is not sent to a non-FIPS endpoint"
@@ -117,6 +126,7 @@ class DataPlane:
     tasks: TaskService
     metrics: Metrics
     classifier: Classifier
+    offload: Offload
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
@@ -156,7 +166,7 @@ class DataPlane:
         )
         if region.fips and self.settings.upstream_fips_url is None:
             raise InvalidRequest(_NO_FIPS_UPSTREAM)
-        document = await offload_if_large(len(body), read_document, route.operation, body)
+        document = await self.offload.if_large(len(body), read_document, route.operation, body)
         model = _model(route, document, region.name, self.settings.default_account)
         account = _account(route, model, self.settings.default_account)
         task_id = _task_id(request.headers.get("X-Task-Id"))
@@ -172,7 +182,7 @@ class DataPlane:
     ) -> Inspected:
         body, document = admitted.body, admitted.document
         # First: a request refused for its tools costs no classification scan.
-        tools = await offload_if_large(len(body), declared_tools, route.operation, document)
+        tools = await self.offload.if_large(len(body), declared_tools, route.operation, document)
         classification = await self.classifier.classify(
             request.headers.get("X-Data-Classification"),
             body,
@@ -185,7 +195,7 @@ class DataPlane:
             tools=tools,
             guardrail=_requested_guardrail(route, admitted.forwarded, document),
             async_output=_async_output(route, document),
-            prompt_sha256=await offload_if_large(len(body), _sha256, body),
+            prompt_sha256=await self.offload.if_large(len(body), _sha256, body),
         )
 
     async def decide(
@@ -249,7 +259,7 @@ class DataPlane:
         obligations: Obligations,
     ) -> Prepared:
         """Apply the obligations to the request; keep what the audit obligation asks for."""
-        headers, body = await offload_if_large(
+        headers, body = await self.offload.if_large(
             len(admitted.body),
             apply_obligations,
             route,
@@ -262,7 +272,7 @@ class DataPlane:
             admitted.document if admitted.body else None,
         )
         capture = obligations.audit_capture
-        keep_hash, captured, truncated = await offload_if_large(
+        keep_hash, captured, truncated = await self.offload.if_large(
             len(body), prompt_capture, capture, route.operation, body
         )
         return Prepared(
@@ -285,7 +295,7 @@ class DataPlane:
         url = self.settings.upstream_base(target.region, fips=target.fips) + route.wire_path
         if route.wire_query:
             url += "?" + route.wire_query
-        signed = await offload_if_large(
+        signed = await self.offload.if_large(
             len(prepared.body),
             sign_request,
             method=route.method,
@@ -384,6 +394,10 @@ def _async_output(route: Route, document: dict[str, Any] | None) -> AsyncOutput 
     if not isinstance(s3, dict) or not isinstance(s3.get("s3Uri"), str):
         raise InvalidRequest("StartAsyncInvoke needs outputDataConfig.s3OutputDataConfig.s3Uri")
     owner = s3.get("bucketOwner")
+    if len(s3["s3Uri"]) > _MAX_S3_URI_CHARS:
+        raise InvalidRequest(f"The s3Uri is longer than {_MAX_S3_URI_CHARS} characters")
+    if isinstance(owner, str) and len(owner) > _MAX_ACCOUNT_CHARS:
+        raise InvalidRequest("The bucketOwner must be a 12-digit account id")
     return AsyncOutput(s3["s3Uri"], owner if isinstance(owner, str) else None)
 
 
@@ -401,12 +415,25 @@ def _requested_guardrail(
     if route.guardrail is not None:
         return Guardrail(*route.guardrail)
     identifier = forwarded.get("x-amzn-bedrock-guardrailidentifier")
-    version = forwarded.get("x-amzn-bedrock-guardrailversion", "")
+    version: str | None = forwarded.get("x-amzn-bedrock-guardrailversion", "")
     config = (document or {}).get("guardrailConfig")
     if identifier is None and isinstance(config, dict):
         identifier = config.get("guardrailIdentifier")
-        version = str(config.get("guardrailVersion", ""))
-    return Guardrail(identifier, version) if isinstance(identifier, str) else None
+        raw = config.get("guardrailVersion", "")
+        # Not str() of anything: that of a list could be as large as the body.
+        version = str(raw) if isinstance(raw, str | int) else None
+    if not isinstance(identifier, str):
+        return None
+    if (
+        version is None
+        or len(identifier) > _MAX_GUARDRAIL_ID_CHARS
+        or len(version) > _MAX_GUARDRAIL_VERSION_CHARS
+    ):
+        raise InvalidRequest(
+            f"The guardrail identifier must be at most {_MAX_GUARDRAIL_ID_CHARS} characters "
+            f"and its version a string of at most {_MAX_GUARDRAIL_VERSION_CHARS}"
+        )
+    return Guardrail(identifier, version)
 
 
 def _resource_arns(

@@ -10,7 +10,7 @@ import pytest
 
 import proxy.policy.classify.classifier
 from proxy.errors import InvalidRequest
-from proxy.offload import OFFLOAD_BYTES
+from proxy.offload import OFFLOAD_BYTES, Offload
 from proxy.policy.classify.classifier import Classification, Classifier, classify
 from proxy.policy.classify.rules import (
     BUILTIN_RULES,
@@ -109,17 +109,17 @@ def test_downgrade_attempt_is_raised() -> None:
     assert AWS_SECRET not in json.dumps(result.to_opa())
 
 
-async def test_classifier_scans_large_bodies_in_a_worker_thread(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_classifier_scans_large_bodies_on_the_body_work_pool(
+    monkeypatch: pytest.MonkeyPatch, offload: Offload
 ) -> None:
-    threads: list[int] = []
+    threads: list[threading.Thread] = []
 
     def recording(*args: Any, **kwargs: Any) -> Classification:
-        threads.append(threading.get_ident())
+        threads.append(threading.current_thread())
         return classify(*args, **kwargs)
 
     monkeypatch.setattr(proxy.policy.classify.classifier, "classify", recording)
-    classifier = Classifier(None, None)
+    classifier = Classifier(None, None, offload=offload)
     small = converse_body({"text": "x" * 20})
     large = converse_body({"text": f"{'x ' * OFFLOAD_BYTES} {AWS_SECRET}"})
     assert await classifier.classify(
@@ -129,6 +129,6 @@ async def test_classifier_scans_large_bodies_in_a_worker_thread(
         "public", large, operation="Converse", spiffe_id="spiffe://td/w"
     )
     assert found.findings == ("aws_secret_key",)
-    assert threads[0] == threading.get_ident()
-    assert threads[1] != threading.get_ident()
+    assert threads[0] is threading.current_thread()
+    assert threads[1].name.startswith("test-body-work")
     assert isinstance(ClassificationRules().levels, type(BUILTIN_RULES.levels))

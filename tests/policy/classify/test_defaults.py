@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from proxy.errors import PolicyUnavailable
+from proxy.offload import Offload
 from proxy.policy.classify.classifier import Classifier
 from proxy.policy.classify.defaults import DeclaredDefaults, declared_default_from
 from proxy.policy.opa import OpaClient
@@ -175,10 +176,10 @@ def test_max_entries_must_be_positive() -> None:
         DeclaredDefaults(opa, PolicyRevision(opa), max_entries=0)
 
 
-async def test_the_classifier_asks_only_when_there_is_no_header() -> None:
+async def test_the_classifier_asks_only_when_there_is_no_header(offload: Offload) -> None:
     opa_side = DefaultsOpa()
     async with defaults_against(opa_side) as (defaults, _):
-        classifier = Classifier(None, defaults)
+        classifier = Classifier(None, defaults, offload=offload)
         body = json.dumps({"messages": []}).encode()
         declared = await classifier.classify("public", body, operation="Converse", spiffe_id=AGENT)
         assert (declared.declared, declared.defaulted) == ("public", False)
