@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from proxy.config import Settings
 from proxy.context import RequestContext
 from proxy.dataplane.pipeline import DataPlane
 from proxy.dataplane.upstream import Upstream
-from proxy.errors import AuditUnavailable, ProxyError, http_refusal
+from proxy.errors import AuditUnavailable, Overloaded, ProxyError, Throttled, http_refusal
 from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.offload import Offload
@@ -64,11 +65,14 @@ class _Unbranded(web.Response):
 
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
+    headers = {"x-amzn-ErrorType": error.error_type, "x-amzn-RequestId": request_id}
+    if isinstance(error, Throttled | Overloaded):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return _Unbranded(
         text=json.dumps({"message": error.message}),
         content_type="application/json",
         status=error.status,
-        headers={"x-amzn-ErrorType": error.error_type, "x-amzn-RequestId": request_id},
+        headers=headers,
     )
 
 

@@ -46,6 +46,8 @@ class Outcome(StrEnum):
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
     AUDIT_UNAVAILABLE = "audit_unavailable"
     STATE_UNAVAILABLE = "state_unavailable"
+    THROTTLED = "throttled"
+    OVERLOADED = "overloaded"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -174,3 +176,37 @@ class StateUnavailable(ProxyError):
     error_type = "ServiceUnavailableException"
     code = "state_unavailable"
     outcome = Outcome.STATE_UNAVAILABLE
+
+
+class Throttled(ProxyError):
+    """One identity (or task) is over its own limit: it waits, nobody else does.
+
+    ``retry_after_s`` becomes a ``Retry-After`` header; SDKs retry a
+    ThrottlingException with backoff on their own.
+    """
+
+    status = 429
+    error_type = "ThrottlingException"
+    code = "throttled"
+    outcome = Outcome.THROTTLED
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 1.0, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(ProxyError):
+    """The proxy as a whole is at a limit (connections, in-flight bytes): fail fast."""
+
+    status = 503
+    error_type = "ServiceUnavailableException"
+    code = "overloaded"
+    outcome = Outcome.OVERLOADED
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 1.0, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after_s = retry_after_s

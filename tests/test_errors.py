@@ -79,3 +79,22 @@ def test_every_refusal_message_and_detail_is_bounded(size: int) -> None:
         if size <= 2000:
             assert error.message == f"The value {value} is refused"
     assert ProxyError("x").detail is None
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "error_type", "outcome"),
+    [
+        (errors.Throttled("slow down", retry_after_s=2.5), 429, "ThrottlingException", "throttled"),
+        (errors.Overloaded("busy"), 503, "ServiceUnavailableException", "overloaded"),
+    ],
+)
+def test_limit_refusals_carry_a_retry_hint(
+    error: errors.Throttled | errors.Overloaded, status: int, error_type: str, outcome: str
+) -> None:
+    from proxy.app import error_response
+
+    response = error_response(error, "req-1")
+    assert response.status == status
+    assert response.headers["x-amzn-ErrorType"] == error_type
+    assert int(response.headers["Retry-After"]) >= error.retry_after_s
+    assert error.outcome == outcome
