@@ -33,11 +33,14 @@ DECISION = {
     },
 }
 _BODY = json.dumps(DECISION).encode()
+# The declared level of a call without X-Data-Classification, as the shipped policy answers.
+_DECLARED_DEFAULT = json.dumps({"result": "internal"}).encode()
 
 
 async def _decide(request: web.Request) -> web.Response:
     await request.read()
-    return web.Response(body=_BODY, content_type="application/json")
+    body = _DECLARED_DEFAULT if request.path.endswith("/declared_default") else _BODY
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _health(request: web.Request) -> web.Response:
