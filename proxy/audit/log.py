@@ -49,7 +49,7 @@ from proxy.audit.chain import (
 from proxy.audit.sinks import AuditSink, FileSink, StdoutSink, worker_path
 from proxy.config import Settings
 from proxy.context import RequestContext
-from proxy.errors import AuditUnavailable, ConfigError
+from proxy.errors import AuditUnavailable, ConfigError, clip
 from proxy.policy.decision import Decision, shown_reasons
 from proxy.tasks.model import Task
 
@@ -304,22 +304,35 @@ def _unavailable(exc: BaseException) -> AuditUnavailable:
     )
 
 
+# An identifier from the caller, OPA or Bedrock in a request record: no valid
+# SPIFFE ID, model id or ARN is longer, so a valid one is never cut.
+MAX_ID_CHARS = 2048
+# Tool calls named by the model's answer: as many as a request may declare.
+MAX_TOOL_CALLS = 128
+MAX_TOOL_CALL_CHARS = 128
+
+
+def _id(value: str | None) -> str | None:
+    return None if value is None else clip(value, MAX_ID_CHARS)
+
+
 def request_record(ctx: RequestContext) -> dict[str, Any]:
-    """The record fields (docs/audit.md) known so far for this request."""
+    """The record fields (docs/audit.md) known so far for this request; every string
+    that comes from the request, OPA or Bedrock is bounded here."""
     identity, route, decision, scope = ctx.identity, ctx.route, ctx.decision, ctx.scope
     target, credentials, relay = ctx.target, ctx.credentials, ctx.relay
     model = target.model if target else None
     observation = relay.observation if relay else None
     return {
         "request_id": ctx.request_id,
-        "decision_id": decision.decision_id if decision else None,
-        "policy_revision": decision.policy_revision if decision else None,
-        "spiffe_id": identity.spiffe_id if identity else None,
-        "owner": decision.owner if decision else None,
-        "task_id": target.task_id if target else None,
+        "decision_id": _id(decision.decision_id) if decision else None,
+        "policy_revision": _id(decision.policy_revision) if decision else None,
+        "spiffe_id": _id(identity.spiffe_id) if identity else None,
+        "owner": _id(decision.owner) if decision else None,
+        "task_id": _id(target.task_id) if target else None,
         "operation": route.operation if route else None,
-        "model_id": model.id if model else None,
-        "model_arn": model.arn if model else None,
+        "model_id": _id(model.id) if model else None,
+        "model_arn": _id(model.arn) if model else None,
         "region": target.region if target else None,
         "account": target.account if target else None,
         "classification": ctx.classification.to_opa() if ctx.classification else None,
@@ -330,16 +343,20 @@ def request_record(ctx: RequestContext) -> dict[str, Any]:
         "role_arn": scope.role_arn if scope else None,
         "role_session_name": credentials.role_session_name if credentials else None,
         "source_identity": credentials.source_identity if credentials else None,
-        "assumed_role_arn": credentials.assumed_role_arn if credentials else None,
+        "assumed_role_arn": _id(credentials.assumed_role_arn) if credentials else None,
         "upstream_status": relay.status if relay else None,
-        "aws_request_id": relay.aws_request_id if relay else None,
+        "aws_request_id": _id(relay.aws_request_id) if relay else None,
         "peer": ctx.peer,
         "bytes_in": ctx.bytes_in,
         "bytes_out": relay.bytes_out if relay else 0,
         "usage": observation.usage() if observation else None,
-        "tool_calls": list(observation.tool_calls) if observation else [],
-        "stop_reason": observation.stop_reason if observation else None,
-        "stream_exception": observation.exception if observation else None,
+        "tool_calls": [
+            clip(name, MAX_TOOL_CALL_CHARS) for name in observation.tool_calls[:MAX_TOOL_CALLS]
+        ]
+        if observation
+        else [],
+        "stop_reason": _id(observation.stop_reason) if observation else None,
+        "stream_exception": _id(observation.exception) if observation else None,
         "prompt": {
             "sha256": ctx.prompt.sha256,
             "captured": ctx.prompt.captured,

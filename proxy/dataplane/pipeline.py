@@ -70,6 +70,13 @@ from proxy.tasks.model import CallRecord, Task
 from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Bedrock's own maxima (botocore's GuardrailIdentifier, GuardrailVersion, S3Uri,
+# AccountId): a longer value, which Bedrock would refuse anyway, is refused
+# before it is copied into the policy input.
+_MAX_GUARDRAIL_ID_CHARS = 2048
+_MAX_GUARDRAIL_VERSION_CHARS = 8
+_MAX_S3_URI_CHARS = 1024
+_MAX_ACCOUNT_CHARS = 12
 _NO_FIPS_UPSTREAM = (
     "This request asks for the FIPS endpoint (Host bedrock-runtime-fips.*), but the proxy's "
     "upstream (upstream.url) has no FIPS form; it is not sent to a non-FIPS endpoint"
@@ -387,6 +394,10 @@ def _async_output(route: Route, document: dict[str, Any] | None) -> AsyncOutput 
     if not isinstance(s3, dict) or not isinstance(s3.get("s3Uri"), str):
         raise InvalidRequest("StartAsyncInvoke needs outputDataConfig.s3OutputDataConfig.s3Uri")
     owner = s3.get("bucketOwner")
+    if len(s3["s3Uri"]) > _MAX_S3_URI_CHARS:
+        raise InvalidRequest(f"The s3Uri is longer than {_MAX_S3_URI_CHARS} characters")
+    if isinstance(owner, str) and len(owner) > _MAX_ACCOUNT_CHARS:
+        raise InvalidRequest("The bucketOwner must be a 12-digit account id")
     return AsyncOutput(s3["s3Uri"], owner if isinstance(owner, str) else None)
 
 
@@ -404,12 +415,25 @@ def _requested_guardrail(
     if route.guardrail is not None:
         return Guardrail(*route.guardrail)
     identifier = forwarded.get("x-amzn-bedrock-guardrailidentifier")
-    version = forwarded.get("x-amzn-bedrock-guardrailversion", "")
+    version: str | None = forwarded.get("x-amzn-bedrock-guardrailversion", "")
     config = (document or {}).get("guardrailConfig")
     if identifier is None and isinstance(config, dict):
         identifier = config.get("guardrailIdentifier")
-        version = str(config.get("guardrailVersion", ""))
-    return Guardrail(identifier, version) if isinstance(identifier, str) else None
+        raw = config.get("guardrailVersion", "")
+        # Not str() of anything: that of a list could be as large as the body.
+        version = str(raw) if isinstance(raw, str | int) else None
+    if not isinstance(identifier, str):
+        return None
+    if (
+        version is None
+        or len(identifier) > _MAX_GUARDRAIL_ID_CHARS
+        or len(version) > _MAX_GUARDRAIL_VERSION_CHARS
+    ):
+        raise InvalidRequest(
+            f"The guardrail identifier must be at most {_MAX_GUARDRAIL_ID_CHARS} characters "
+            f"and its version a string of at most {_MAX_GUARDRAIL_VERSION_CHARS}"
+        )
+    return Guardrail(identifier, version)
 
 
 def _resource_arns(

@@ -69,6 +69,10 @@ Security reasoning:
 - At most ``MAX_TOOLS`` names per request: OpenAI's documented limit of 128
   functions per request (Bedrock's service model sets no maximum). It bounds
   the OPA input and the task's running context.
+- At most ``MAX_UNREADABLE_PLACES`` unreadable places, the first found, each
+  at most ``MAX_PLACE_CHARS`` long: a place can name a caller's key, and a body
+  can hold millions of unreadable entries, but the policy refuses on the first
+  one, so more would only grow the OPA input, the deny reasons and memory.
 - Not read: tools a model reads from its prompt text (Meta Llama and DeepSeek
   prompt templates), which are text like any other and classified as such;
   ``toolUse``/``tool_use`` blocks of earlier turns, which call a tool the
@@ -86,10 +90,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, clip
 from proxy.request.body import read_document
 
 MAX_TOOLS = 128
+MAX_UNREADABLE_PLACES = 16
+MAX_PLACE_CHARS = 256
 _TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _NAME_RULE = "1-64 characters of a-z, A-Z, 0-9, _ and - (Bedrock's ToolName)"
 _CONVERSE = frozenset({"Converse", "ConverseStream"})
@@ -132,6 +138,10 @@ class _Reader:
     referenced: dict[str, None] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
 
+    def unread(self, where: str) -> None:
+        if len(self.unreadable) < MAX_UNREADABLE_PLACES:
+            self.unreadable.append(clip(where, MAX_PLACE_CHARS))
+
     def result(self) -> DeclaredTools:
         names = [*self.declared, *(n for n in self.referenced if n not in self.declared)]
         _check_count(len(names))
@@ -152,7 +162,7 @@ class _Reader:
         self.choice(document.get("tool_choice"), f"{where}tool_choice")
         self.choice(document.get("function_call"), f"{where}function_call")
         if document.get("mcp_servers") not in (None, []):
-            self.unreadable.append(f"{where}mcp_servers")
+            self.unread(f"{where}mcp_servers")
 
     def count_tokens(self, document: Mapping[str, Any]) -> None:
         envelope = document.get("input")
@@ -170,7 +180,7 @@ class _Reader:
         except (TypeError, ValueError, binascii.Error):
             # Bedrock's decoder may accept what this one does not (no padding, say):
             # what it would read is unknown, so it is unreadable, not empty.
-            self.unreadable.append(where)
+            self.unread(where)
             return
         self.native(read_document("InvokeModel", inner), f"{where}.")
 
@@ -178,30 +188,32 @@ class _Reader:
         if config is None:
             return
         if not isinstance(config, Mapping):
-            self.unreadable.append(where)
+            self.unread(where)
             return
         self.tool_list(config.get("tools"), f"{where}.tools")
         self.choice(config.get("toolChoice"), f"{where}.toolChoice")
         # A member added to the tool configuration later may be a tool source.
-        self.unreadable.extend(f"{where}.{key}" for key in config if key not in _CONFIG_KEYS)
+        for key in config:
+            if key not in _CONFIG_KEYS:
+                self.unread(f"{where}.{key}")
 
     def tool_list(self, tools: object, where: str) -> None:
         if tools is None:
             return
         if not isinstance(tools, list):
-            self.unreadable.append(where)
+            self.unread(where)
             return
         for index, entry in enumerate(tools):
             self.entry(entry, f"{where}[{index}]")
 
     def entry(self, entry: object, where: str) -> None:
         if not isinstance(entry, Mapping):
-            self.unreadable.append(where)
+            self.unread(where)
             return
         found = _name_holders(entry, ("toolSpec", "systemTool"))
         if not found:
             if set(entry) != {"cachePoint"}:  # a cache point marks a prefix; it is no tool
-                self.unreadable.append(where)
+                self.unread(where)
             return
         name = _one_name(found, where)
         if name in self.declared:
@@ -216,7 +228,7 @@ class _Reader:
         if choice is None or isinstance(choice, str):
             return
         if not isinstance(choice, Mapping):
-            self.unreadable.append(where)
+            self.unread(where)
             return
         found = _name_holders(choice, ("tool",))
         if found:
@@ -233,7 +245,7 @@ class _Reader:
         tool = addition.get("tool") if isinstance(addition, Mapping) else None
         if not isinstance(tool, Mapping) or "serverName" in tool:
             # A tool of an MCP server: the proxy cannot see what the server offers.
-            self.unreadable.append(where)
+            self.unread(where)
             return
         self.referenced[_valid_name(tool.get("name"), f"{where}.tool.name")] = None
 

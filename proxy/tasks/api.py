@@ -40,6 +40,7 @@ from proxy.errors import (
     InvalidRequest,
     PolicyDenied,
     TaskRefused,
+    clip,
 )
 from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.policy.classify.classifier import classify
@@ -137,7 +138,7 @@ class TaskApi:
         task = await self.service.store.get(task_id)
         await self._authorize_admin(request, ctx, identity, task)
         if task is None:
-            raise TaskRefused(f"Task {task_id} is unknown")
+            raise TaskRefused(f"Task {clip(task_id)} is unknown")
         ended = await self.service.end(task_id, "revoked", by=identity.spiffe_id)
         current = ended or await self.service.store.get(task_id) or task
         return self._done(ctx, current.to_json(self.service.clock()))
@@ -169,7 +170,7 @@ class TaskApi:
         task_id = _name_task(ctx, request.match_info["task_id"])
         task = await self.service.store.get(task_id)
         if task is None or task.opened_by != identity.spiffe_id:
-            raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
+            raise TaskRefused(f"Task {clip(task_id)} is unknown or was not opened by this identity")
         return task
 
     def _query(

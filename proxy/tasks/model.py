@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from proxy.errors import InvalidRequest, TaskRefused
+from proxy.errors import InvalidRequest, TaskRefused, clip
 from proxy.policy.classify.rules import LEVELS
 
 MIN_TTL_SECONDS = 60
@@ -163,12 +163,12 @@ def check_usable(task: Task | None, task_id: str, spiffe_id: str, now: datetime)
     """The task if ``spiffe_id`` may use it now; else TaskRefused with the reason."""
     if task is None or task.opened_by != spiffe_id:
         # Someone else's task answers like an unknown one: no oracle for task ids.
-        raise TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
+        raise TaskRefused(f"Task {clip(task_id)} is unknown or was not opened by this identity")
     state = task.state(now)
     if state == "expired":
-        raise TaskRefused(f"Task {task_id} has expired (at {_iso(task.expires_at)})")
+        raise TaskRefused(f"Task {clip(task_id)} has expired (at {_iso(task.expires_at)})")
     if state == "ended":
-        raise TaskRefused(f"Task {task_id} has ended ({task.ended_reason})")
+        raise TaskRefused(f"Task {clip(task_id)} has ended ({task.ended_reason})")
     return task
 
 
@@ -184,7 +184,7 @@ def parse_open_request(body: bytes) -> TaskRequest:
     unknown = sorted(set(document) - _FIELDS)
     if unknown:
         raise InvalidRequest(
-            f"Unknown field(s) {', '.join(map(repr, unknown[:5]))}; "
+            f"Unknown field(s) {', '.join(repr(clip(name, 64)) for name in unknown[:5])}; "
             f"allowed: {', '.join(sorted(_FIELDS))}"
         )
     missing = [name for name in _REQUIRED if name not in document]

@@ -42,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from proxy.errors import StateUnavailable, TaskRefused
+from proxy.errors import StateUnavailable, TaskRefused, clip
 from proxy.tasks.model import CallRecord, Task, task_from_mapping, task_to_mapping, to_ms
 
 RETENTION_SECONDS = 86400
@@ -68,11 +68,12 @@ class TaskStore(Protocol):
 
 
 def _refusal(task_id: str, why: str) -> TaskRefused:
+    shown = clip(task_id)
     if why == "unknown":
-        return TaskRefused(f"Task {task_id} is unknown or was not opened by this identity")
+        return TaskRefused(f"Task {shown} is unknown or was not opened by this identity")
     if why == "expired":
-        return TaskRefused(f"Task {task_id} has expired")
-    return TaskRefused(f"Task {task_id} has ended ({why})")
+        return TaskRefused(f"Task {shown} has expired")
+    return TaskRefused(f"Task {shown} has ended ({clip(why, 64)})")
 
 
 class MemoryTaskStore:

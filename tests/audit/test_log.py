@@ -323,6 +323,44 @@ def test_the_captured_prompt_is_in_the_authorized_record_only() -> None:
     assert completed["prompt"] == {"sha256": "ab" * 32, "captured": None, "truncated": True}
 
 
+HUGE = "h" * 1_000_000
+CUT = "h" * 2029 + "...[+997971 chars]"
+
+
+@pytest.mark.parametrize(
+    ("ctx", "field", "value"),
+    [
+        (RequestContext(target=Target("us-east-1", ACCT, None, HUGE)), "task_id", CUT),
+        (RequestContext(decision=Decision(False, (), None, HUGE, None)), "decision_id", CUT),
+        (RequestContext(decision=Decision(False, (), None, "d", HUGE)), "policy_revision", CUT),
+        (RequestContext(decision=Decision(False, (), None, "d", None, HUGE)), "owner", CUT),
+        (
+            RequestContext(relay=RelayResult(observation=Observation(stop_reason=HUGE))),
+            "stop_reason",
+            CUT,
+        ),
+        (
+            RequestContext(relay=RelayResult(observation=Observation(exception=HUGE))),
+            "stream_exception",
+            CUT,
+        ),
+        (RequestContext(relay=RelayResult(aws_request_id=HUGE)), "aws_request_id", CUT),
+        (
+            RequestContext(
+                relay=RelayResult(observation=Observation(tool_calls=["t" * 10_000] * 1000))
+            ),
+            "tool_calls",
+            ["t" * 111 + "...[+9889 chars]"] * 128,
+        ),
+        (RequestContext(target=Target("us-east-1", ACCT, None, "task-1")), "task_id", "task-1"),
+    ],
+)
+def test_request_record_bounds_every_identifier(
+    ctx: RequestContext, field: str, value: object
+) -> None:
+    assert request_record(ctx)[field] == value
+
+
 def test_request_record_of_empty_context() -> None:
     ctx = RequestContext()
     record = request_record(ctx)

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from proxy.errors import InvalidRequest
 from proxy.request.body import AmbiguousBody
-from proxy.request.tools import MAX_TOOLS, DeclaredTools, InvalidTools, declared_tools
+from proxy.request.tools import (
+    MAX_PLACE_CHARS,
+    MAX_TOOLS,
+    MAX_UNREADABLE_PLACES,
+    DeclaredTools,
+    InvalidTools,
+    declared_tools,
+)
 
 SCHEMA = {"type": "object", "properties": {}}
 
@@ -353,6 +360,32 @@ UNREADABLE: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
 def test_an_unknown_tool_shape_is_reported_not_dropped(case: str) -> None:
     operation, document, places = UNREADABLE[case]
     assert declared_tools(operation, document).unreadable == places
+
+
+LONG_KEY = "k" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("operation", "document", "first"),
+    [
+        # A million entries that are no tool: the first places only.
+        ("InvokeModel", {"tools": [0] * 1_000_000}, "tools[0]"),
+        ("Converse", {"toolConfig": {f"m{i}": 1 for i in range(50_000)}}, "toolConfig.m0"),
+        # A caller's key names the place: cut, and the cut says so.
+        (
+            "Converse",
+            {"toolConfig": {LONG_KEY: 1}},
+            "toolConfig." + "k" * 226 + "...[+999774 chars]",
+        ),
+    ],
+)
+def test_unreadable_places_are_bounded(
+    operation: str, document: dict[str, Any], first: str
+) -> None:
+    places = declared_tools(operation, document).unreadable
+    assert places[0] == first
+    assert 1 <= len(places) <= MAX_UNREADABLE_PLACES
+    assert all(len(place) <= MAX_PLACE_CHARS for place in places)
 
 
 # case -> (operation, document, words in the message)

@@ -81,6 +81,45 @@ def test_unusable_tasks(owner: str, offset: int, ended: str | None, needle: str)
     assert needle in caught.value.message
 
 
+HUGE_ID = "task-" + "f" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("task_id", "owner", "offset", "ended", "shown"),
+    [
+        ("task-1", "spiffe://example.org/other", 0, None, "Task task-1 is unknown"),
+        (HUGE_ID, "spiffe://example.org/other", 0, None, "...[+999896 chars] is unknown"),
+        (HUGE_ID, CHAT, 60, None, "...[+999896 chars] has expired"),
+        (HUGE_ID, CHAT, 0, "revoked", "...[+999896 chars] has ended (revoked)"),
+    ],
+)
+def test_a_refused_task_id_is_shown_cut(
+    task_id: str, owner: str, offset: int, ended: str | None, shown: str
+) -> None:
+    task = new_task(TaskRequest("p", 60, 2), CHAT, NOW, task_id)
+    if ended:
+        task = task.ended(ended, NOW)
+    with pytest.raises(TaskRefused) as caught:
+        check_usable(task, task_id, owner, NOW + timedelta(seconds=offset))
+    assert shown in caught.value.message
+    assert len(caught.value.message) < 250
+
+
+@pytest.mark.parametrize("store_id", ["task-1", HUGE_ID])
+async def test_the_store_shows_a_refused_task_id_cut(store_id: str) -> None:
+    with pytest.raises(TaskRefused) as caught:
+        await MemoryTaskStore().record_call(store_id, CHAT, CallRecord(None, "internal", ()), NOW)
+    assert len(caught.value.message) < 250
+
+
+def test_unknown_task_fields_are_shown_cut() -> None:
+    body = json.dumps({**OK, **{f"{c}" * 100_000: 1 for c in "abcdefgh"}}).encode()
+    with pytest.raises(InvalidRequest) as caught:
+        parse_open_request(body)
+    assert caught.value.message.startswith("Unknown field(s) 'aaaa")
+    assert len(caught.value.message) < 600
+
+
 def test_chain_context_grows_and_max_calls_ends() -> None:
     task = new_task(TaskRequest("p", 60, 2), CHAT, NOW, "task-1")
     assert check_usable(task, "task-1", CHAT, NOW) is task
