@@ -36,7 +36,7 @@ from proxy.offload import Offload
 from proxy.policy.classify.classifier import Classifier
 from proxy.policy.classify.defaults import DeclaredDefaults
 from proxy.policy.classify.rules import PolicyRules
-from proxy.policy.decision import OpaDecider
+from proxy.policy.decision import ADMISSION_RULE, OpaDecider
 from proxy.policy.opa import OpaClient
 from proxy.policy.revision import PolicyRevision
 from proxy.tasks.api import TaskApi
@@ -205,12 +205,14 @@ def _components(
                 store, broker, audit, clock=lambda: datetime.now(UTC), revision=revision
             )
             decider = OpaDecider(opa, revision=revision)
+            admission = OpaDecider(opa, rule=ADMISSION_RULE, revision=revision)
             admin_decider = OpaDecider(opa, package=ADMIN_PACKAGE, revision=revision)
             app[AUDIT] = audit
             app[DATA_PLANE] = DataPlane(
                 settings=settings,
                 identities=identities,
                 decider=decider,
+                admission=admission,
                 broker=broker,
                 upstream=upstream,
                 audit=audit,

@@ -27,6 +27,36 @@ decision := {"allow": true, "reasons": [], "obligations": obligations, "owner": 
 
 decision := {"allow": false, "reasons": sort(deny), "obligations": {}, "owner": owner} if not allow
 
+# Admission: the reasons that hold whatever the body says. The proxy asks for
+# this before it reads a body, with an input that carries none of the body's
+# values (no classification findings, tools or async output), so a caller
+# refused here costs no parse and no scan. Only reasons no body can change
+# count: those about the model, its account and the role only when the model
+# does not come from the body (StartAsyncInvoke names it there).
+admission := {"allow": count(admission_reasons) == 0, "reasons": sort(admission_reasons), "owner": owner}
+
+admission_reasons contains msg if {
+	some msg in deny
+	split(msg, ":")[0] in body_free_codes
+}
+
+caller_codes := {
+	"workload_not_registered", "admin_identity_on_runtime", "trust_domain_not_accepted",
+	"owner_missing", "operation_not_allowed", "region_not_allowed",
+	"service_tier_not_allowed", "latency_mode_not_allowed",
+}
+
+target_codes := {"model_not_allowed", "geo_not_allowed", "account_not_allowed", "residency_violation", "workload_incomplete"}
+
+body_free_codes := caller_codes | target_codes if {
+	not model_in_body
+} else := caller_codes
+
+model_in_body if {
+	operation in lib.model_operations
+	not is_object(model)
+}
+
 # The owning team goes into every audit record (null when there is none).
 owner := workload.owner.team if {
 	registered

@@ -493,3 +493,40 @@ test_async_output_must_be_an_approved_bucket_in_an_allowed_account if {
 	not_s3 := object.union(ok, {"s3_uri": "https://example.org/x"})
 	codes(decide(array.concat(async, [set("/request/async_output", not_s3)]))) == {"async_output_not_allowed"}
 }
+
+# Admission sees no body: neutral classification, no tools, no async output.
+admission_of(patches) := admission if {
+	admission := authz.admission with input as json.patch(base, patches)
+}
+
+test_admission_refuses_the_caller_whatever_the_body if {
+	admission_of([]).allow
+	stranger := admission_of([as_identity("spiffe://example.org/ns/demo/sa/stranger")])
+	not stranger.allow
+	codes_of(stranger.reasons) == {"workload_not_registered"}
+	codes_of(admission_of([as_identity(batch), set("/request/operation", "Converse")]).reasons) == {"operation_not_allowed", "model_not_allowed"}
+	codes_of(admission_of([set("/request/region", "ap-south-1")]).reasons) == {"region_not_allowed"}
+	codes_of(admission_of([set("/request/model", foundation("meta.llama3-70b-instruct-v1:0"))]).reasons) == {"model_not_allowed"}
+}
+
+test_admission_ignores_what_only_a_body_decides if {
+	# Classification and tools are the body's: only the full decision judges them.
+	admission_of([
+		set("/classification/effective", "restricted"),
+		set("/classification/findings", ["aws_secret_key"]),
+		set("/request/tools", ["shell_exec"]),
+	]).allow
+	not decide([set("/classification/effective", "restricted")]).allow
+}
+
+test_admission_leaves_the_model_to_the_body_where_the_body_names_it if {
+	# StartAsyncInvoke names its model (and so its account) in the body.
+	async := [
+		as_identity(batch), set("/request/operation", "StartAsyncInvoke"),
+		set("/request/model", null), set("/request/account", "999999999999"),
+	]
+	codes_of(admission_of(async).reasons) & {"model_not_allowed", "account_not_allowed", "workload_incomplete"} == set()
+	codes_of(admission_of([set("/request/account", "999999999999")]).reasons) == {"account_not_allowed"}
+}
+
+codes_of(reasons) := {split(r, ":")[0] | some r in reasons}

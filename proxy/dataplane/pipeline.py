@@ -27,7 +27,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,10 +77,22 @@ _MAX_GUARDRAIL_ID_CHARS = 2048
 _MAX_GUARDRAIL_VERSION_CHARS = 8
 _MAX_S3_URI_CHARS = 1024
 _MAX_ACCOUNT_CHARS = 12
+# What the admission check shows policy in place of a body: nothing found yet.
+# Only reasons no body can change are read from that answer (authz.rego admission).
+_NO_BODY = Classification("public", "public", "public")
 _NO_FIPS_UPSTREAM = (
     "This request asks for the FIPS endpoint (Host bedrock-runtime-fips.*), but the proxy's "
     "upstream (upstream.url) has no FIPS form; it is not sent to a non-FIPS endpoint"
 )
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where the call goes, read from its path and headers before any body."""
+
+    target: Target
+    # The allow-listed headers, each sent once: what policy judges is what is forwarded.
+    forwarded: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,8 @@ class DataPlane:
     settings: Settings
     identities: VerifiedIdentities
     decider: OpaDecider
+    # Body-free: asked before the body is read (data.bedrock.authz.admission).
+    admission: OpaDecider
     broker: CredentialBroker
     upstream: Upstream
     audit: AuditLog
@@ -132,7 +146,10 @@ class DataPlane:
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         identity = ctx.identity = self.identities.of_connection(request.transport, self.clock())
         route = ctx.route = parse_route(request.method, request.raw_path)
-        admitted = await self.admit(request, route)
+        located = await self.locate(request, route)
+        ctx.target = located.target
+        await self.admission_check(ctx, identity, route, located)
+        admitted = await self.admit(request, route, located)
         ctx.target, ctx.bytes_in = admitted.target, len(admitted.body)
         task = await self._task(admitted.target.task_id, identity.spiffe_id)
         inspected = await self.inspect(request, identity, route, admitted)
@@ -154,9 +171,12 @@ class DataPlane:
         ctx.relay = RelayResult(capture=prepared.capture)
         return await self.forward(request, route, outgoing, ctx.relay)
 
-    async def admit(self, request: web.Request, route: Route) -> Admitted:
+    async def locate(self, request: web.Request, route: Route) -> Located:
+        """Where the call goes, from its path and headers alone: no body is read yet."""
         forwarded = check_headers(request.headers.items())
-        body = await _read_body(request, self.settings.max_body_bytes)
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
         region = resolve_region(
             request.headers.get("Host"),
             request.headers.get("Authorization"),
@@ -166,12 +186,49 @@ class DataPlane:
         )
         if region.fips and self.settings.upstream_fips_url is None:
             raise InvalidRequest(_NO_FIPS_UPSTREAM)
-        document = await self.offload.if_large(len(body), read_document, route.operation, body)
-        model = _model(route, document, region.name, self.settings.default_account)
+        model = (
+            None
+            if route.model_id is None
+            else parse_model_id(route.model_id, region.name, self.settings.default_account)
+        )
         account = _account(route, model, self.settings.default_account)
         task_id = _task_id(request.headers.get("X-Task-Id"))
-        target = Target(region.name, account, model, task_id, fips=region.fips)
-        return Admitted(body, document, target, forwarded)
+        return Located(Target(region.name, account, model, task_id, fips=region.fips), forwarded)
+
+    async def admission_check(
+        self, ctx: RequestContext, identity: WorkloadIdentity, route: Route, located: Located
+    ) -> None:
+        """Refuse a caller the policy refuses whatever its body says, before the body is read."""
+        target = located.target
+        query = PolicyQuery(
+            identity=identity,
+            route=route,
+            model=target.model,
+            region=target.region,
+            account=target.account,
+            body_bytes=0,
+            tools=(),
+            guardrail=None,
+            classification=_NO_BODY,
+            now=self.clock(),
+            bedrock_headers=bedrock_headers(located.forwarded),
+        )
+        admission = await self.admission.decide(build_opa_input(query))
+        if not admission.allow:
+            ctx.decision = admission
+            raise PolicyDenied(denial_message(admission))
+
+    async def admit(self, request: web.Request, route: Route, located: Located) -> Admitted:
+        """The body within its limits, parsed once; a body-named model completes the target."""
+        body = await _read_body(request, self.settings.max_body_bytes)
+        document = await self.offload.if_large(len(body), read_document, route.operation, body)
+        target = located.target
+        if route.operation == "StartAsyncInvoke":
+            assert target.region is not None, "the data plane always resolves a region"
+            model = _model(route, document, target.region, self.settings.default_account)
+            account = _account(route, model, self.settings.default_account)
+            target = replace(target, model=model, account=account)
+        return Admitted(body, document, target, located.forwarded)
 
     async def inspect(
         self,

@@ -39,6 +39,8 @@ from proxy.tasks.model import Task
 
 DECISION_PACKAGE = "bedrock.authz"
 DECISION_RULE = "decision"
+# Body-free: what refuses a caller whatever its body says (checked before the body is read).
+ADMISSION_RULE = "admission"
 AUDIT_CAPTURE = ("none", "hash", "redacted", "full")
 MAX_REASONS_SHOWN = 5
 MAX_REASON_CHARS = 256
@@ -276,27 +278,35 @@ def _revision(provenance: object) -> str | None:
 
 
 class OpaDecider:
-    """Asks OPA for ``data.<package>.decision``; the client's timeout bounds every ask."""
+    """Asks OPA for ``data.<package>.<rule>``; the client's timeout bounds every ask."""
 
     def __init__(
         self,
         opa: OpaClient,
         *,
         package: str = DECISION_PACKAGE,
+        rule: str = DECISION_RULE,
         revision: PolicyRevision | None = None,
     ) -> None:
         self._opa = opa
-        # Only the runtime package yields obligations (the admin plane assumes no role).
-        self._package = package
+        # Only the runtime decision yields obligations (the admin plane assumes no
+        # role; the admission check only refuses).
+        self._package, self._rule = package, rule
+        self._obligations_required = (package, rule) == (DECISION_PACKAGE, DECISION_RULE)
         # One revision poller per process, shared by every decider asking the same OPA.
         self._revision = revision
 
     async def decide(self, opa_input: dict[str, Any]) -> Decision:
         fallback_id = f"proxy-{uuid.uuid4()}"
-        answer = await self._opa.query(f"{self._package}.{DECISION_RULE}", opa_input)
+        answer = await self._opa.query(f"{self._package}.{self._rule}", opa_input)
+        revision = None if self._revision is None else self._revision.current
+        if self._rule == ADMISSION_RULE and isinstance(answer, Mapping) and "result" not in answer:
+            # A policy without an admission rule refuses nothing early; the full
+            # decision, which must be defined, still decides every call.
+            return Decision(True, (), None, fallback_id, revision)
         return parse_decision(
             answer,
             fallback_id=fallback_id,
-            revision=None if self._revision is None else self._revision.current,
-            obligations_required=self._package == DECISION_PACKAGE,
+            revision=revision,
+            obligations_required=self._obligations_required,
         )

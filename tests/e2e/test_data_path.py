@@ -428,22 +428,44 @@ def test_client_disconnect_mid_stream_aborts_upstream(
     assert seen["frames_sent"] < 8
 
 
+CONVERSE_PATH = f"/model/{quote(HAIKU, safe='')}/converse"
+OVER_LIMIT = json.dumps(
+    {"messages": [{"role": "user", "content": [{"text": "x" * 2000}]}]}
+).encode()
+
+
 def test_body_over_limit_refused_before_policy(proxy_factory: Any, emulator: Emulator) -> None:
     # OPA points at a closed port: reaching the policy stage would answer 503, not 413.
     proxy = proxy_factory("http://127.0.0.1:9", max_body_bytes=1000)
-    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "x" * 2000}]}]})
-    path = f"/model/{quote(HAIKU, safe='')}/converse"
-    for headers in (
-        {"Content-Type": "application/json"},
-        {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-    ):
-        payload = body.encode()
-        if "Transfer-Encoding" in headers:
-            payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
-        status, response_headers, raw = proxy.raw("POST", path, body=payload, headers=headers)
-        assert status == 413, raw
-        assert response_headers["x-amzn-ErrorType"] == "ValidationException"
-        assert "limit of 1000 bytes" in json.loads(raw)["message"]
-    assert [r["outcome"] for r in proxy.records()] == ["invalid_request", "invalid_request"]
-    assert all(r["decision"] is None for r in proxy.records())
+    status, headers, raw = proxy.raw(
+        "POST", CONVERSE_PATH, body=OVER_LIMIT, headers={"Content-Type": "application/json"}
+    )
+    assert status == 413, raw
+    assert headers["x-amzn-ErrorType"] == "ValidationException"
+    assert "limit of 1000 bytes" in json.loads(raw)["message"]
+    [record] = proxy.records()
+    assert (record["outcome"], record["decision"]) == ("invalid_request", None)
+    assert emulator.requests() == []
+
+
+def test_chunked_body_over_limit_is_cut_while_read(
+    proxy_factory: Any, start_opa: Any, emulator: Emulator
+) -> None:
+    # A chunked body has no length up front: the caller passes admission, then the
+    # read stops at the limit, before the body is parsed or the decision asked.
+    from tests.conftest import POLICIES
+
+    _, opa_url = start_opa(POLICIES)
+    proxy = proxy_factory(opa_url, max_body_bytes=1000)
+    payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(OVER_LIMIT), OVER_LIMIT)
+    status, headers, raw = proxy.raw(
+        "POST",
+        CONVERSE_PATH,
+        body=payload,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    assert status == 413, raw
+    assert "limit of 1000 bytes" in json.loads(raw)["message"]
+    [record] = proxy.records()
+    assert (record["outcome"], record["decision"]) == ("invalid_request", None)
     assert emulator.requests() == []
