@@ -19,7 +19,16 @@ import pytest
 from botocore.exceptions import ClientError
 
 from proxy.audit.chain import generate_key
-from tests.conftest import CHAT, HAIKU, Emulator, ProxyFactory, ProxyHandle, children_of, wait_for
+from tests.conftest import (
+    CHAT,
+    HAIKU,
+    PROJECT_ROOT,
+    Emulator,
+    ProxyFactory,
+    ProxyHandle,
+    children_of,
+    wait_for,
+)
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
@@ -235,5 +244,78 @@ def test_ocsf_stream_maps_a_real_call_and_still_verifies(
     assert done["metadata"]["uid"] == by_kind["authorized"]["metadata"]["uid"]
     assert (denied["status_id"], denied["severity_id"]) == (2, 3)
     assert denied["api"]["response"]["error"] == "policy_denied"
+    result = audit_verify(proxy, public)
+    assert result.returncode == 0, result.stdout
+
+
+# --- amplification: what a caller sends is not copied without bound ---------------
+
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
+# 128 tools of 64-character names: the most a request may declare.
+TOOLS = {
+    "tools": [
+        {"toolSpec": {"name": f"t{i:03d}" + "x" * 60, "inputSchema": {"json": {"type": "object"}}}}
+        for i in range(128)
+    ]
+}
+
+
+def test_a_policy_echoing_input_into_many_reasons_gives_a_bounded_403_and_record(
+    proxy_factory: ProxyFactory, start_opa: Any, emulator: Emulator
+) -> None:
+    # One reason with every tool name (8319 characters), one per tool, 1000 with the path.
+    _, opa_url = start_opa(FIXTURES / "policies_echo_reasons")
+    proxy = proxy_factory(opa_url)
+    with pytest.raises(ClientError) as raised:
+        proxy.client().converse(modelId=HAIKU, messages=MESSAGES, toolConfig=TOOLS)
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert error["Error"]["Code"] == "AccessDeniedException"
+    message = error["Error"]["Message"]
+    assert message.startswith("Denied by policy: t000" + "x" * 60 + ",t001")
+    assert "...[+8079 chars]; tool_not_allowed: t000" in message
+    assert " ... and 1124 more (decision " in message
+    assert message.count("tool_not_allowed: ") == 4 and "echo " not in message
+    assert len(message) < 1500
+    assert emulator.requests() == []
+
+    [record] = proxy.request_of(error["ResponseMetadata"]["RequestId"])
+    assert (record["event"], record["outcome"]) == ("denied", "denied")
+    reasons = record["decision"]["reasons"]
+    assert len(reasons) == 5 and all(len(reason) <= 256 for reason in reasons)
+    assert reasons[0].endswith("...[+8079 chars]")
+    assert record["decision"]["reasons_omitted"] == 1124
+    assert record["error"]["message"] == message
+    assert "truncated" not in record  # bounded at the source: nothing left to cut
+    assert max(len(line) for line in proxy.audit_path.read_bytes().splitlines()) < 16_384
+
+
+def test_a_record_over_max_record_bytes_is_cut_and_the_log_still_verifies(
+    proxy_factory: ProxyFactory, start_opa: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    # The obligations policy asks for a redacted capture: 32 KiB of "\u00e9" is 192 KiB
+    # once JSON-escaped, over a 32 KiB record.
+    _, opa_url = start_opa(FIXTURES / "policies_obligations")
+    key = tmp_path / "audit.key"
+    public = generate_key(key)
+    limit = 32 * 1024
+    proxy = proxy_factory(
+        opa_url, audit_options={"signing_key": str(key), "max_record_bytes": limit}
+    )
+    prompt = [{"role": "user", "content": [{"text": "\u00e9" * 40_000}]}]
+    answer = proxy.client().converse(modelId=HAIKU, messages=prompt)
+    authorized, completed = proxy.request_of(answer["ResponseMetadata"]["RequestId"])
+    assert authorized["event"] == "authorized" and completed["event"] == "completed"
+    assert authorized["truncated"] == ["prompt.captured"]
+    captured = authorized["prompt"]["captured"]
+    assert captured["truncated"] is True and captured["original_bytes"] > limit
+    assert len(authorized["prompt"]["sha256"]) == 64 and authorized["prompt"]["truncated"]
+    assert authorized["spiffe_id"] == CHAT and authorized["model_id"] == HAIKU
+    # One copy a request: the completed record has no capture of its own to cut.
+    assert completed["prompt"]["captured"] is None and "truncated" not in completed
+    proxy.close_clients()
+    proxy.process.send_signal(signal.SIGTERM)
+    proxy.process.wait(30)
+    assert max(len(line) for line in proxy.audit_path.read_bytes().splitlines()) <= limit
     result = audit_verify(proxy, public)
     assert result.returncode == 0, result.stdout
