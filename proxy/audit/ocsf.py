@@ -64,8 +64,10 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
     ts = record.get("ts")
     event_ms = int(datetime.fromisoformat(ts).timestamp() * 1000) if isinstance(ts, str) else None
     response: dict[str, Any] = {"code": record.get("upstream_status")}
+    # A message cut to its marker (bound.py) is an object: OCSF's fields are strings.
+    message = error.get("message") if isinstance(error.get("message"), str) else None
     if error:
-        response.update(error=error.get("code"), message=error.get("message"))
+        response.update(error=error.get("code"), message=message)
     mapped: dict[str, Any] = {
         "class_uid": CLASS_UID,
         "class_name": "API Activity",
@@ -80,7 +82,7 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any]:
         "status_id": status_id,
         "status": status,
         "status_code": outcome,
-        "status_detail": error.get("message"),
+        "status_detail": message,
         "duration": record.get("latency_ms"),
         "metadata": {
             "version": OCSF_VERSION,

@@ -132,8 +132,12 @@ def test_the_render_is_what_is_measured() -> None:
     # OCSF repeats error.message twice more: the native record fits, the event does not.
     assert size_of(record) <= BUDGET < size_of(ocsf.to_ocsf(record))
     fitted = fit(record, BUDGET, ocsf.to_ocsf)
-    assert size_of(ocsf.to_ocsf(fitted)) <= BUDGET
+    event = ocsf.to_ocsf(fitted)
+    assert size_of(event) <= BUDGET
     assert fitted["truncated"] == ["error.message"]
+    # OCSF's string fields stay strings (or null); the marker is kept under unmapped.
+    assert event["status_detail"] is None and event["api"]["response"]["message"] is None
+    assert event["unmapped"]["error"]["message"] == marker(record["error"]["message"])
 
 
 def test_the_settings_default_is_the_log_default() -> None:
