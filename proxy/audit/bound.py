@@ -14,10 +14,10 @@ each taken only if the previous one was not enough:
 1. values outside the contract fields, one level into objects (``prompt.captured``
    rather than all of ``prompt``, so its ``sha256`` stays), largest first, only
    as many as needed;
-2. whole fields outside the contract, largest first;
+2. whole fields outside the contract, largest first, if that is enough;
 3. contract fields: a string is cut to at most ``CONTRACT_BYTES`` of JSON (with
    ``clip``'s marker, so it stays a string), any other value over that is
-   replaced by the marker;
+   replaced by the marker; then whole fields as in 2, as many as still needed;
 4. every field outside the contract is dropped (``truncated: ["*"]``): only a
    record with hundreds of fields could get here.
 
@@ -133,7 +133,7 @@ def fit(record: dict[str, Any], budget: int, render: Render = _same) -> dict[str
     if excess <= 0:
         return record
     cut = _Cut(record)
-    for step in (cut.values, cut.fields, cut.contract, cut.drop):
+    for step in (cut.values, cut.fields_if_enough, cut.contract, cut.fields, cut.drop):
         step(excess)
         fitted = cut.record()
         excess = size_of(render(fitted)) - budget
@@ -181,6 +181,12 @@ class _Cut:
             self._paths.append(path)
             # The path joins the top-level list, which costs its own bytes.
             needed -= saving - size_of(path) - 1
+
+    def fields_if_enough(self, excess: int) -> None:
+        # When the contract fields are what is too large, whole fields would be
+        # lost for nothing: cut the contract first (step 3).
+        if sum(max(0, _saving(self._fields[key])) for key in self._others()) >= excess:
+            self.fields(excess)
 
     def fields(self, excess: int) -> None:
         candidates = [(_saving(self._fields[key]), key) for key in self._others()]

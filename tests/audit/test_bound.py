@@ -96,6 +96,14 @@ BIG = "x" * 100_000
         ({"classification": {f"k{i}": "v" * 40 for i in range(2000)}}, ["classification"]),
         # A contract field is cut, not dropped, and stays a string.
         ({"spiffe_id": "spiffe://example.org/" + BIG}, ["spiffe_id"]),
+        # Both: the decision keeps its allow, the contract field is cut.
+        (
+            {
+                "spiffe_id": "spiffe://example.org/" + BIG,
+                "decision": {"allow": False, "reasons": [BIG], "reasons_omitted": 0},
+            },
+            ["decision.reasons", "spiffe_id"],
+        ),
         ({"model_id": "\U0001f600" * 50_000}, ["model_id"]),
         ({"latency_ms": [1] * 10_000}, ["latency_ms"]),
         # Hundreds of fields: only the contract fields stay.
