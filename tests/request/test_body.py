@@ -7,14 +7,21 @@ import codecs
 import json
 import sys
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.policy.classify.classifier import classify
-from proxy.request.body import AmbiguousBody, parse_strict, read_document
+from proxy.request.body import (
+    MAX_JSON_CONTAINERS,
+    AmbiguousBody,
+    JsonTooComplex,
+    parse_strict,
+    read_document,
+)
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----"
@@ -195,7 +202,8 @@ async def test_the_loop_runs_while_a_large_document_is_parsed_in_a_thread() -> N
     def parse() -> Any:
         window.append(time.perf_counter_ns())
         try:
-            return parse_strict(body.decode())
+            # More objects than the default limit lets through: the hand-over is measured.
+            return parse_strict(body.decode(), max_containers=1_000_000)
         finally:
             window.append(time.perf_counter_ns())
 
@@ -222,3 +230,113 @@ async def test_the_loop_runs_while_a_large_document_is_parsed_in_a_thread() -> N
         f"loop ran in {len(slices)}/10 tenths, longest wait {longest / 1e6:.1f} ms"
     )
     assert len(slices) >= 5
+
+
+def _wide(unit: str, count: int) -> bytes:
+    return ('{"a":[' + ",".join([unit] * count) + "]}").encode()
+
+
+@pytest.mark.parametrize(
+    ("operation", "body", "limit", "refused"),
+    [
+        ("Converse", _wide("{}", 98), 100, False),  # 98 + the two outer ones
+        ("Converse", _wide("{}", 99), 100, True),
+        ("Converse", _wide("[]", 99), 100, True),
+        ("Converse", ('{"a":' * 101 + "{}" + "}" * 101).encode(), 100, True),
+        # Inside strings too: a conservative overcount, never an undercount.
+        ("Converse", json.dumps({"a": "{[" * 50}).encode(), 100, True),
+        ("Converse", json.dumps({"a": "{[" * 49}).encode(), 100, False),
+        ("InvokeModel", b"  \n" + _wide("{}", 99), 100, True),
+        # Text that does not start as an object or array cannot make one: not counted.
+        ("InvokeModel", b"Human: " + b"{}" * 500, 100, False),
+        # Bodies in another encoding are counted before their JSON test too.
+        ("InvokeModel", _wide("{}", 500).decode().encode("utf-16-le"), 100, "must be UTF-8"),
+        ("InvokeModel", _wide("{}", 500).decode().encode("utf-32"), 100, "byte-order mark"),
+        ("Converse", _wide('"ab"', 50_000), 100, False),
+    ],
+)
+def test_objects_and_arrays_are_counted_before_the_parse(
+    operation: str, body: bytes, limit: int, refused: bool | str
+) -> None:
+    if isinstance(refused, str):
+        with pytest.raises(AmbiguousBody, match=refused):
+            read_document(operation, body, max_containers=limit)
+        return
+    if not refused:
+        read_document(operation, body, max_containers=limit)
+        return
+    with pytest.raises(JsonTooComplex) as caught:
+        read_document(operation, body, max_containers=limit)
+    assert caught.value.status == 400 and caught.value.code == "json_too_complex"
+    assert "limits.max_json_containers" in caught.value.message
+    assert f"more than the {limit}" in caught.value.message
+
+
+def test_the_default_limit_holds_for_parses_without_one() -> None:
+    # The InvokeModel body inside CountTokens and a capture's re-parse pass no limit.
+    with pytest.raises(JsonTooComplex):
+        parse_strict("[" + ",".join(["{}"] * MAX_JSON_CONTAINERS) + "]")
+    assert len(parse_strict("[" + ",".join(["{}"] * (MAX_JSON_CONTAINERS - 1)) + "]")) == (
+        MAX_JSON_CONTAINERS - 1
+    )
+
+
+def test_an_oversized_body_is_refused_without_being_parsed() -> None:
+    body = _wide("{}", 3_000_000)  # 9 MB: about 220 MB as Python objects
+    tracemalloc.start()
+    try:
+        with pytest.raises(JsonTooComplex):
+            read_document("Converse", body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The decoded text and nothing more.
+    assert peak < 1.2 * len(body)
+
+
+# The documented bound (body.py, Memory): at most 16 bytes held per byte of
+# text, plus 300 per object or array counted, plus a fixed part for any parse.
+_BYTES_PER_BYTE, _BYTES_PER_CONTAINER, _FIXED = 16, 300, 2048
+_LIMIT = 20
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6)
+)
+_DOCUMENTS = st.dictionaries(
+    st.text(max_size=4),
+    st.recursive(
+        _SCALARS,
+        lambda inner: (
+            st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=4), inner, max_size=8)
+        ),
+        max_leaves=100,
+    )
+    # The shape of the attack: many empty containers side by side.
+    | st.lists(st.sampled_from([{}, []]), max_size=1000),
+    max_size=8,
+)
+
+
+@given(_DOCUMENTS, st.booleans())
+@example({"a": [{}] * 1000}, True)  # unchecked, 78 KB held: over the bound
+def test_whatever_the_pre_check_accepts_parses_within_the_bound(
+    document: dict[str, Any], ascii_only: bool
+) -> None:
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+    limit = _LIMIT
+    tracemalloc.start()
+    try:
+        try:
+            parsed = read_document("Converse", body, max_containers=limit)
+        except JsonTooComplex:
+            assert body.count(b"{") + body.count(b"[") > limit
+            return
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert parsed == document
+    bound = _BYTES_PER_BYTE * len(body) + _BYTES_PER_CONTAINER * limit + _FIXED
+    assert peak <= bound, (peak, bound, len(body))
