@@ -17,11 +17,13 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from proxy.errors import ConfigError
+from proxy.request.body import MAX_JSON_CONTAINERS
 from proxy.request.region import is_region
 
 # AWS's own endpoints: the only upstream whose FIPS form the proxy knows.
 AWS_UPSTREAM_URL = "https://bedrock-runtime.{region}.amazonaws.com"
 AWS_FIPS_UPSTREAM_URL = "https://bedrock-runtime-fips.{region}.amazonaws.com"
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,33 @@ class AuditSettings:
     connection_records_per_minute: int = 60
     # The longest line written; a longer record is cut down (docs/audit.md#record-size).
     max_record_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """What one caller can make the proxy hold (README, configuration; docs/api.md#limits).
+
+    Every count is per worker process: with ``--workers N`` a caller can have
+    N times as much in flight in all. Open tasks are counted in the task
+    store, so with Redis that cap holds across workers and replicas.
+    """
+
+    # Objects and arrays one body may hold ('{' and '[' counted before the parse).
+    max_json_containers: int = MAX_JSON_CONTAINERS
+    # Request body bytes held at once: by everyone (past it 503), by one SPIFFE ID (429).
+    inflight_body_bytes: int = 256 * MIB
+    inflight_body_bytes_per_identity: int = 64 * MIB
+    # A token bucket and a count of requests in flight per SPIFFE ID and per task.
+    requests_per_second_per_identity: float = 50.0
+    burst_per_identity: int = 100
+    concurrent_requests_per_identity: int = 32
+    requests_per_second_per_task: float = 20.0
+    burst_per_task: int = 40
+    concurrent_requests_per_task: int = 16
+    # Rate buckets kept (least recently used forgotten first), identities and tasks each.
+    tracked_callers: int = 10_000
+    # [tasks] max_open_per_identity: tasks one SPIFFE ID may have open at once.
+    open_tasks_per_identity: int = 16
 
 
 @dataclass(frozen=True)
@@ -83,6 +112,7 @@ class Settings:
     scan_budget_s: float = 3.0
     # Threads for body-sized work (parse, scan, hash, obligations, SigV4), their own.
     body_work_threads: int = 2
+    limits: LimitSettings = LimitSettings()
 
     def upstream_base(self, region: str, *, fips: bool = False) -> str:
         template = self.upstream_fips_url if fips else self.upstream_url
@@ -156,9 +186,11 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         task_sweep_interval_s=reader.millis("tasks", "sweep_interval_ms", 1000),
         scan_budget_s=reader.integer("limits", "scan_budget_ms", 3000, 100, 60_000) / 1000,
         body_work_threads=reader.integer("limits", "body_work_threads", 2, 1, 16),
+        limits=reader.limits(),
     )
     reader.reject_unknown_keys()
     _check_upstream(settings)
+    _check_body_budgets(settings)
     _check_plaintext_services(settings)
     return settings
 
@@ -176,6 +208,22 @@ def _check_upstream(settings: Settings) -> None:
         raise ConfigError(
             "upstream.url uses plain HTTP to a non-loopback host; set "
             "upstream.insecure_upstream_http = true only if you really mean it"
+        )
+
+
+def _check_body_budgets(settings: Settings) -> None:
+    limits = settings.limits
+    # A budget smaller than one allowed body would refuse that body forever, with a
+    # 429 that tells the caller to retry.
+    if limits.inflight_body_bytes_per_identity < settings.max_body_bytes:
+        raise ConfigError(
+            "limits.inflight_body_bytes_per_identity must be at least limits.max_body_bytes "
+            f"({settings.max_body_bytes}), or a body of the largest allowed size never fits"
+        )
+    if limits.inflight_body_bytes < limits.inflight_body_bytes_per_identity:
+        raise ConfigError(
+            "limits.inflight_body_bytes must be at least limits.inflight_body_bytes_per_identity "
+            f"({limits.inflight_body_bytes_per_identity})"
         )
 
 
@@ -259,6 +307,16 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"{section}.{key} must be an integer from {low} to {high}")
         return value
+
+    def number(self, section: str, key: str, default: float, low: float, high: float) -> float:
+        value = self._get(section, key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ConfigError(f"{section}.{key} must be a number from {low:g} to {high:g}")
+        return float(value)
 
     def millis(self, section: str, key: str, default: int) -> float:
         return self.integer(section, key, default, 1, 3_600_000) / 1000
@@ -346,6 +404,61 @@ class _Reader:
             ),
             max_record_bytes=self.integer(
                 "audit", "max_record_bytes", 256 * 1024, 32 * 1024, 64 * 1024 * 1024
+            ),
+        )
+
+    def limits(self) -> LimitSettings:
+        d = LimitSettings()
+        per_second = (0.01, 1_000_000.0)
+        return LimitSettings(
+            max_json_containers=self.integer(
+                "limits", "max_json_containers", d.max_json_containers, 100, MAX_JSON_CONTAINERS
+            ),
+            inflight_body_bytes=self.integer(
+                "limits", "inflight_body_bytes", d.inflight_body_bytes, 1, 1 << 40
+            ),
+            inflight_body_bytes_per_identity=self.integer(
+                "limits",
+                "inflight_body_bytes_per_identity",
+                d.inflight_body_bytes_per_identity,
+                1,
+                1 << 40,
+            ),
+            requests_per_second_per_identity=self.number(
+                "limits",
+                "requests_per_second_per_identity",
+                d.requests_per_second_per_identity,
+                *per_second,
+            ),
+            burst_per_identity=self.integer(
+                "limits", "burst_per_identity", d.burst_per_identity, 1, 1_000_000
+            ),
+            concurrent_requests_per_identity=self.integer(
+                "limits",
+                "concurrent_requests_per_identity",
+                d.concurrent_requests_per_identity,
+                1,
+                1_000_000,
+            ),
+            requests_per_second_per_task=self.number(
+                "limits",
+                "requests_per_second_per_task",
+                d.requests_per_second_per_task,
+                *per_second,
+            ),
+            burst_per_task=self.integer("limits", "burst_per_task", d.burst_per_task, 1, 1_000_000),
+            concurrent_requests_per_task=self.integer(
+                "limits",
+                "concurrent_requests_per_task",
+                d.concurrent_requests_per_task,
+                1,
+                1_000_000,
+            ),
+            tracked_callers=self.integer(
+                "limits", "tracked_callers", d.tracked_callers, 100, 10_000_000
+            ),
+            open_tasks_per_identity=self.integer(
+                "tasks", "max_open_per_identity", d.open_tasks_per_identity, 1, 100_000
             ),
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config import Listen, Settings, load_settings, settings_from_mapping
+from proxy.config import LimitSettings, Listen, Settings, load_settings, settings_from_mapping
 from proxy.errors import ConfigError
 
 BASE: dict[str, dict[str, Any]] = {
@@ -396,3 +396,88 @@ def test_relative_paths_resolve_against_base_dir(config_dir: Path) -> None:
     assert settings.server_key == config_dir / "server.key"
     with pytest.raises(ConfigError, match="tls.server_cert"):
         settings_from_mapping(BASE, base_dir=config_dir / "elsewhere")
+
+
+def test_caller_limits_default_to_documented_values(config_dir: Path) -> None:
+    limits = _load(config_dir, {}).limits
+    assert limits == LimitSettings()
+    assert (limits.inflight_body_bytes, limits.inflight_body_bytes_per_identity) == (
+        256 * 1024 * 1024,
+        64 * 1024 * 1024,
+    )
+    assert (limits.requests_per_second_per_identity, limits.burst_per_identity) == (50.0, 100)
+    assert limits.concurrent_requests_per_identity == 32
+    assert (limits.requests_per_second_per_task, limits.burst_per_task) == (20.0, 40)
+    assert limits.concurrent_requests_per_task == 16
+    assert (limits.max_json_containers, limits.tracked_callers) == (100_000, 10_000)
+    assert limits.open_tasks_per_identity == 16
+
+
+def test_caller_limits_are_read(config_dir: Path) -> None:
+    settings = _load(
+        config_dir,
+        {
+            "limits": {
+                "max_body_bytes": 1000,
+                "max_json_containers": 500,
+                "inflight_body_bytes": 3000,
+                "inflight_body_bytes_per_identity": 1000,
+                "requests_per_second_per_identity": 0.5,
+                "burst_per_identity": 2,
+                "concurrent_requests_per_identity": 3,
+                "requests_per_second_per_task": 7,
+                "burst_per_task": 1,
+                "concurrent_requests_per_task": 1,
+                "tracked_callers": 100,
+            },
+            "tasks": {"max_open_per_identity": 2},
+        },
+    )
+    assert settings.limits == LimitSettings(
+        max_json_containers=500,
+        inflight_body_bytes=3000,
+        inflight_body_bytes_per_identity=1000,
+        requests_per_second_per_identity=0.5,
+        burst_per_identity=2,
+        concurrent_requests_per_identity=3,
+        requests_per_second_per_task=7.0,
+        burst_per_task=1,
+        concurrent_requests_per_task=1,
+        tracked_callers=100,
+        open_tasks_per_identity=2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"limits": {"max_json_containers": 100_001}}, ["limits.max_json_containers", "100000"]),
+        ({"limits": {"max_json_containers": 99}}, ["limits.max_json_containers"]),
+        ({"limits": {"requests_per_second_per_identity": 0}}, ["requests_per_second_per_identity"]),
+        ({"limits": {"requests_per_second_per_task": "5"}}, ["requests_per_second_per_task"]),
+        ({"limits": {"requests_per_second_per_task": True}}, ["requests_per_second_per_task"]),
+        ({"limits": {"burst_per_identity": 0}}, ["limits.burst_per_identity"]),
+        ({"limits": {"burst_per_task": 1.5}}, ["limits.burst_per_task"]),
+        ({"limits": {"concurrent_requests_per_identity": 0}}, ["concurrent_requests_per_identity"]),
+        ({"limits": {"concurrent_requests_per_task": -1}}, ["concurrent_requests_per_task"]),
+        ({"limits": {"tracked_callers": 99}}, ["limits.tracked_callers"]),
+        ({"tasks": {"max_open_per_identity": 0}}, ["tasks.max_open_per_identity"]),
+        # A budget that cannot hold one body of the largest allowed size, or a
+        # global one smaller than one identity's.
+        (
+            {"limits": {"inflight_body_bytes_per_identity": 24_999_999}},
+            ["limits.inflight_body_bytes_per_identity", "limits.max_body_bytes", "25000000"],
+        ),
+        (
+            {"limits": {"inflight_body_bytes": 60 * 1024 * 1024}},
+            ["limits.inflight_body_bytes", "limits.inflight_body_bytes_per_identity"],
+        ),
+    ],
+)
+def test_bad_caller_limits_name_the_key(
+    config_dir: Path, overrides: dict[str, Any], names: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(config_dir, overrides)
+    for name in names:
+        assert name in str(info.value)
