@@ -77,6 +77,32 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class ConnectionSettings:
+    """``[connections]``: how long a client connection may take, and how many there may be.
+
+    Both listeners; every count is per worker process (README, configuration).
+    A connection past a count is closed at accept, before its TLS handshake;
+    one past a deadline is cut. Each is counted and recorded (docs/audit.md).
+    """
+
+    # From accept to a finished TLS handshake.
+    handshake_timeout_s: float = 10.0
+    # From the handshake (or the first byte of a keep-alive connection's next
+    # request) to the end of the request's headers.
+    header_timeout_s: float = 5.0
+    # The longest silence while a request body is incomplete and the proxy waits for it.
+    body_idle_timeout_s: float = 10.0
+    # An idle keep-alive connection between two requests.
+    keepalive_timeout_s: float = 60.0
+    max_connections: int = 4096
+    max_connections_per_peer: int = 256
+    # aiohttp's parser: headers per request, bytes of the request line and of each header line.
+    max_headers: int = 128
+    max_request_line_bytes: int = 8190
+    max_header_line_bytes: int = 8190
+
+
+@dataclass(frozen=True)
 class Settings:
     data_listen: Listen
     admin_listen: Listen
@@ -113,6 +139,10 @@ class Settings:
     # Threads for body-sized work (parse, scan, hash, obligations, SigV4), their own.
     body_work_threads: int = 2
     limits: LimitSettings = LimitSettings()
+    connections: ConnectionSettings = ConnectionSettings()
+    # The upstream pool: connections to Bedrock in use at once, in all and to one host.
+    upstream_max_connections: int = 1024
+    upstream_max_connections_per_host: int = 512
 
     def upstream_base(self, region: str, *, fips: bool = False) -> str:
         template = self.upstream_fips_url if fips else self.upstream_url
@@ -136,6 +166,7 @@ _SECTIONS = {
     "limits",
     "audit",
     "tasks",
+    "connections",
 }
 
 
@@ -187,9 +218,17 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         scan_budget_s=reader.integer("limits", "scan_budget_ms", 3000, 100, 60_000) / 1000,
         body_work_threads=reader.integer("limits", "body_work_threads", 2, 1, 16),
         limits=reader.limits(),
+        connections=reader.connections(),
+        upstream_max_connections=reader.integer(
+            "upstream", "max_connections", 1024, 1, 1_000_000
+        ),
+        upstream_max_connections_per_host=reader.integer(
+            "upstream", "max_connections_per_host", 512, 1, 1_000_000
+        ),
     )
     reader.reject_unknown_keys()
     _check_upstream(settings)
+    _check_connection_counts(settings)
     _check_body_budgets(settings)
     _check_plaintext_services(settings)
     return settings
@@ -225,6 +264,27 @@ def _check_body_budgets(settings: Settings) -> None:
             "limits.inflight_body_bytes must be at least limits.inflight_body_bytes_per_identity "
             f"({limits.inflight_body_bytes_per_identity})"
         )
+
+
+def _check_connection_counts(settings: Settings) -> None:
+    # A per-peer or per-host count above the total would never be the one that refuses.
+    pairs = [
+        (
+            "connections.max_connections_per_peer",
+            settings.connections.max_connections_per_peer,
+            "connections.max_connections",
+            settings.connections.max_connections,
+        ),
+        (
+            "upstream.max_connections_per_host",
+            settings.upstream_max_connections_per_host,
+            "upstream.max_connections",
+            settings.upstream_max_connections,
+        ),
+    ]
+    for part_key, part, total_key, total in pairs:
+        if part > total:
+            raise ConfigError(f"{part_key} ({part}) must be at most {total_key} ({total})")
 
 
 def _check_plaintext_services(settings: Settings) -> None:
@@ -459,6 +519,35 @@ class _Reader:
             ),
             open_tasks_per_identity=self.integer(
                 "tasks", "max_open_per_identity", d.open_tasks_per_identity, 1, 100_000
+            ),
+        )
+
+    def connections(self) -> ConnectionSettings:
+        d = ConnectionSettings()
+        section = "connections"
+
+        def seconds(key: str, default_s: float, high_ms: int) -> float:
+            return self.integer(section, key, round(default_s * 1000), 100, high_ms) / 1000
+
+        return ConnectionSettings(
+            handshake_timeout_s=seconds("handshake_timeout_ms", d.handshake_timeout_s, 60_000),
+            header_timeout_s=seconds("header_timeout_ms", d.header_timeout_s, 60_000),
+            body_idle_timeout_s=seconds("body_idle_timeout_ms", d.body_idle_timeout_s, 600_000),
+            keepalive_timeout_s=seconds(
+                "keepalive_timeout_ms", d.keepalive_timeout_s, 3_600_000
+            ),
+            max_connections=self.integer(
+                section, "max_connections", d.max_connections, 1, 1_000_000
+            ),
+            max_connections_per_peer=self.integer(
+                section, "max_connections_per_peer", d.max_connections_per_peer, 1, 1_000_000
+            ),
+            max_headers=self.integer(section, "max_headers", d.max_headers, 16, 1024),
+            max_request_line_bytes=self.integer(
+                section, "max_request_line_bytes", d.max_request_line_bytes, 1024, 65_536
+            ),
+            max_header_line_bytes=self.integer(
+                section, "max_header_line_bytes", d.max_header_line_bytes, 1024, 65_536
             ),
         )
 

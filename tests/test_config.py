@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from proxy.config import LimitSettings, Listen, Settings, load_settings, settings_from_mapping
+from proxy.config import (
+    ConnectionSettings,
+    LimitSettings,
+    Listen,
+    Settings,
+    load_settings,
+    settings_from_mapping,
+)
 from proxy.errors import ConfigError
 
 BASE: dict[str, dict[str, Any]] = {
@@ -475,6 +482,96 @@ def test_caller_limits_are_read(config_dir: Path) -> None:
     ],
 )
 def test_bad_caller_limits_name_the_key(
+    config_dir: Path, overrides: dict[str, Any], names: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(config_dir, overrides)
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_connection_limits_default_to_documented_values(config_dir: Path) -> None:
+    settings = _load(config_dir, {})
+    assert settings.connections == ConnectionSettings(
+        handshake_timeout_s=10.0,
+        header_timeout_s=5.0,
+        body_idle_timeout_s=10.0,
+        keepalive_timeout_s=60.0,
+        max_connections=4096,
+        max_connections_per_peer=256,
+        max_headers=128,
+        max_request_line_bytes=8190,
+        max_header_line_bytes=8190,
+    )
+    assert (settings.upstream_max_connections, settings.upstream_max_connections_per_host) == (
+        1024,
+        512,
+    )
+
+
+def test_connection_limits_are_read(config_dir: Path) -> None:
+    settings = _load(
+        config_dir,
+        {
+            "connections": {
+                "handshake_timeout_ms": 250,
+                "header_timeout_ms": 500,
+                "body_idle_timeout_ms": 600_000,
+                "keepalive_timeout_ms": 100,
+                "max_connections": 10,
+                "max_connections_per_peer": 10,
+                "max_headers": 16,
+                "max_request_line_bytes": 1024,
+                "max_header_line_bytes": 65_536,
+            },
+            "upstream": {"max_connections": 2, "max_connections_per_host": 1},
+        },
+    )
+    assert settings.connections == ConnectionSettings(
+        handshake_timeout_s=0.25,
+        header_timeout_s=0.5,
+        body_idle_timeout_s=600.0,
+        keepalive_timeout_s=0.1,
+        max_connections=10,
+        max_connections_per_peer=10,
+        max_headers=16,
+        max_request_line_bytes=1024,
+        max_header_line_bytes=65_536,
+    )
+    assert (settings.upstream_max_connections, settings.upstream_max_connections_per_host) == (
+        2,
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"connections": {"handshake_timeout_ms": 99}}, ["connections.handshake_timeout_ms"]),
+        ({"connections": {"handshake_timeout_ms": 60_001}}, ["connections.handshake_timeout_ms"]),
+        ({"connections": {"header_timeout_ms": 0.5}}, ["connections.header_timeout_ms"]),
+        ({"connections": {"body_idle_timeout_ms": "10s"}}, ["connections.body_idle_timeout_ms"]),
+        ({"connections": {"keepalive_timeout_ms": 0}}, ["connections.keepalive_timeout_ms"]),
+        ({"connections": {"max_connections": 0}}, ["connections.max_connections"]),
+        ({"connections": {"max_connections_per_peer": True}}, ["max_connections_per_peer"]),
+        ({"connections": {"max_headers": 15}}, ["connections.max_headers"]),
+        ({"connections": {"max_request_line_bytes": 1023}}, ["max_request_line_bytes"]),
+        ({"connections": {"max_header_line_bytes": 65_537}}, ["max_header_line_bytes"]),
+        ({"connections": {"idle_timeout_ms": 5}}, ["connections.idle_timeout_ms"]),
+        ({"upstream": {"max_connections": 0}}, ["upstream.max_connections"]),
+        ({"upstream": {"max_connections_per_host": 0}}, ["upstream.max_connections_per_host"]),
+        # A count per peer or per host above the total would never refuse anything.
+        (
+            {"connections": {"max_connections": 10, "max_connections_per_peer": 11}},
+            ["connections.max_connections_per_peer (11)", "connections.max_connections (10)"],
+        ),
+        (
+            {"upstream": {"max_connections": 4}},
+            ["upstream.max_connections_per_host (512)", "upstream.max_connections (4)"],
+        ),
+    ],
+)
+def test_bad_connection_limits_name_the_key(
     config_dir: Path, overrides: dict[str, Any], names: list[str]
 ) -> None:
     with pytest.raises(ConfigError) as info:
