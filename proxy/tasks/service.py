@@ -25,6 +25,7 @@ import structlog
 
 from proxy.audit.log import AuditLog, task_record
 from proxy.aws.credentials import CredentialBroker
+from proxy.config import LimitSettings
 from proxy.errors import ProxyError, TaskRefused
 from proxy.policy.revision import PolicyRevision
 from proxy.tasks.model import CallRecord, Task, check_usable
@@ -41,9 +42,12 @@ class TaskService:
     clock: Callable[[], datetime]
     # What OPA had loaded when a task record was written (as on call records).
     revision: PolicyRevision | None = None
+    # Each task is an AssumeRole of its own: one identity's open tasks are capped.
+    max_open_per_identity: int = LimitSettings.open_tasks_per_identity
 
     async def open(self, task: Task, *, request_id: str) -> Task:
-        await self.store.create(task)
+        """Store and record ``task``, or Throttled when its identity has too many open."""
+        await self.store.create(task, max_open=self.max_open_per_identity)
         self._write("task_opened", request_id=request_id, **task_record(task))
         return task
 

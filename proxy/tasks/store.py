@@ -4,7 +4,11 @@ Contract
 --------
 ``TaskStore`` keeps tasks and their running chain context:
 
-* ``create(task)``; ``get(task_id) -> Task | None``;
+* ``create(task, max_open=N)``: stores the task unless its identity already
+  has ``N`` open tasks, which is ``Throttled`` (429, ``detail`` ``open_tasks``,
+  retry when the soonest of them expires); open means not ended and not
+  expired, so an ended or expired task stops counting at once, swept or not;
+* ``get(task_id) -> Task | None``;
 * ``record_call(task_id, spiffe_id, call, now) -> Task``: atomically checks
   that the task exists, belongs to ``spiffe_id``, has not ended or expired and
   has calls left, then counts the call and adds its model, classification and
@@ -27,6 +31,12 @@ Security reasoning
   closed. Every command runs under the configured timeout, without retries.
 * Ended tasks are kept for a retention period (Redis key expiry) so that a
   late call gets "ended (reason)" rather than "unknown".
+* Each task costs an AssumeRole of its own, so the open tasks of one identity
+  are capped, or one workload could spend the account's STS quota for all.
+  The count is checked and the task stored in one step (one Lua script in
+  Redis, so the cap holds across replicas), against an index of each
+  identity's tasks that is pruned of ended and expired ones as it is read:
+  the work is proportional to the cap, not to the tasks in the store.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from proxy.errors import StateUnavailable, TaskRefused, clip
+from proxy.errors import StateUnavailable, TaskRefused, Throttled, clip
 from proxy.tasks.model import CallRecord, Task, task_from_mapping, task_to_mapping, to_ms
 
 RETENTION_SECONDS = 86400
@@ -50,7 +60,7 @@ _PUBLIC_MESSAGE = "Task state is unavailable; the call was not made"
 
 
 class TaskStore(Protocol):
-    async def create(self, task: Task) -> None: ...
+    async def create(self, task: Task, *, max_open: int | None = None) -> None: ...
 
     async def get(self, task_id: str) -> Task | None: ...
 
@@ -76,15 +86,35 @@ def _refusal(task_id: str, why: str) -> TaskRefused:
     return TaskRefused(f"Task {shown} has ended ({clip(why, 64)})")
 
 
+def _too_many_open(
+    open_count: int, max_open: int, soonest_expiry_ms: int, now_ms: int
+) -> Throttled:
+    return Throttled(
+        f"This identity has {open_count} tasks open, the most it may have "
+        f"({max_open}, tasks.max_open_per_identity); end one (DELETE /v1/tasks/{{task_id}}) "
+        "or wait until one expires",
+        retry_after_s=max(1.0, (soonest_expiry_ms - now_ms) / 1000),
+        detail="open_tasks",
+    )
+
+
 class MemoryTaskStore:
     """One process, one event loop: no await between check and update."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        # Each identity's tasks that were open when last looked at.
+        self._open_by: dict[str, set[str]] = {}
 
-    async def create(self, task: Task) -> None:
+    async def create(self, task: Task, *, max_open: int | None = None) -> None:
         self._prune(task.opened_at)
+        owned = self._open_by.setdefault(task.opened_by, set())
+        owned -= {i for i in owned if self._tasks[i].state(task.opened_at) != "open"}
+        if max_open is not None and len(owned) >= max_open:
+            soonest = min(to_ms(self._tasks[i].expires_at) for i in owned)
+            raise _too_many_open(len(owned), max_open, soonest, to_ms(task.opened_at))
         self._tasks[task.id] = task
+        owned.add(task.id)
 
     async def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -117,12 +147,18 @@ class MemoryTaskStore:
 
     async def close(self) -> None:
         self._tasks.clear()
+        self._open_by.clear()
 
     def _prune(self, now: datetime) -> None:
         # On create only: the store stays bounded by the tasks of the retention window.
         horizon = to_ms(now) - RETENTION_SECONDS * 1000
         for task_id in [t.id for t in self._tasks.values() if to_ms(t.expires_at) < horizon]:
-            del self._tasks[task_id]
+            owner = self._tasks.pop(task_id).opened_by
+            owned = self._open_by.get(owner)
+            if owned is not None:
+                owned.discard(task_id)
+                if not owned:
+                    del self._open_by[owner]
 
 
 # KEYS[1] task hash, KEYS[2] open-task index; ARGV: spiffe id, now ms, model id
@@ -160,6 +196,35 @@ end
 return {'ok', redis.call('HGETALL', key)}
 """
 
+# KEYS[1] task hash, KEYS[2] open-task index, KEYS[3] the identity's task index
+# (task id -> expiry ms); ARGV: now ms, max open (0: no cap), task id, expiry ms,
+# hash expiry ms, task key prefix, then the hash's fields and values. The tasks
+# of the identity's index are read by a key built here: one Redis, no cluster.
+_CREATE = """
+local owned = KEYS[3]
+redis.call('ZREMRANGEBYSCORE', owned, '-inf', ARGV[1])
+local max_open = tonumber(ARGV[2])
+if max_open > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', owned, 0, -1)) do
+    local task = ARGV[6] .. id
+    if redis.call('EXISTS', task) == 0 or redis.call('HEXISTS', task, 'ended_reason') == 1 then
+      redis.call('ZREM', owned, id)
+    end
+  end
+  local open = redis.call('ZCARD', owned)
+  if open >= max_open then
+    return {'full', open, redis.call('ZRANGE', owned, 0, 0, 'WITHSCORES')[2]}
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', owned, ARGV[4], ARGV[3])
+-- The index goes when the last of its tasks expires.
+redis.call('PEXPIREAT', owned, redis.call('ZRANGE', owned, -1, -1, 'WITHSCORES')[2])
+return {'ok'}
+"""
+
 # KEYS[1] task hash, KEYS[2] open-task index; ARGV: reason, now ms, task id.
 _END = """
 local key = KEYS[1]
@@ -187,18 +252,29 @@ class RedisTaskStore:
         self._open_index = prefix + "open"
         self._record_call: Callable[..., Awaitable[Any]] = self._redis.register_script(_RECORD_CALL)
         self._end: Callable[..., Awaitable[Any]] = self._redis.register_script(_END)
+        self._create: Callable[..., Awaitable[Any]] = self._redis.register_script(_CREATE)
 
     def _key(self, task_id: str) -> str:
         return f"{self._prefix}task:{task_id}"
 
-    async def create(self, task: Task) -> None:
-        key = self._key(task.id)
+    async def create(self, task: Task, *, max_open: int | None = None) -> None:
+        now_ms, expires_ms = to_ms(task.opened_at), to_ms(task.expires_at)
+        fields = [item for pair in task_to_mapping(task).items() for item in pair]
+        args = [
+            now_ms,
+            max_open or 0,
+            task.id,
+            expires_ms,
+            expires_ms + RETENTION_SECONDS * 1000,
+            self._key(""),
+            *fields,
+        ]
+        keys = [self._key(task.id), self._open_index, f"{self._prefix}open_by:{task.opened_by}"]
         async with _guard("create"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=task_to_mapping(task))
-                pipe.pexpireat(key, to_ms(task.expires_at) + RETENTION_SECONDS * 1000)
-                pipe.zadd(self._open_index, {task.id: to_ms(task.expires_at)})
-                await pipe.execute()
+            answer = await self._create(keys=keys, args=args)
+        if answer[0] == "full":
+            assert max_open is not None
+            raise _too_many_open(int(answer[1]), max_open, int(float(answer[2])), now_ms)
 
     async def get(self, task_id: str) -> Task | None:
         async with _guard("get"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import StateUnavailable, TaskRefused
-from proxy.tasks.model import CallRecord, TaskRequest, new_task
+from proxy.errors import StateUnavailable, TaskRefused, Throttled
+from proxy.tasks.model import CallRecord, Task, TaskRequest, new_task
 from proxy.tasks.store import MemoryTaskStore, RedisTaskStore, TaskStore
 from tests.e2e.test_tasks import RedisServer
 
@@ -82,3 +82,59 @@ async def test_redis_down_is_state_unavailable(redis_server: RedisServer) -> Non
         assert caught.value.status == 503 and "redis get" in (caught.value.detail or "")
     finally:
         await redis.close()
+
+
+OTHER = "spiffe://example.org/ns/demo/sa/other"
+
+
+def _task(owner: str, task_id: str, at: datetime = NOW, max_calls: int = 5) -> Task:
+    return new_task(TaskRequest("p", 600, max_calls), owner, at, task_id)
+
+
+async def test_open_tasks_of_one_identity_are_capped(store: TaskStore) -> None:
+    for n in range(2):
+        await store.create(_task(CHAT, f"task-{n}"), max_open=2)
+    with pytest.raises(Throttled) as caught:
+        await store.create(_task(CHAT, "task-x", NOW + timedelta(seconds=100)), max_open=2)
+    refusal = caught.value
+    assert (refusal.status, refusal.error_type, refusal.detail) == (
+        429,
+        "ThrottlingException",
+        "open_tasks",
+    )
+    assert "2 tasks open" in refusal.message and "tasks.max_open_per_identity" in refusal.message
+    # Retry when the soonest of them expires.
+    assert refusal.retry_after_s == pytest.approx(500, abs=1)
+    assert await store.get("task-x") is None
+    # Another identity has its own count; no cap, no count.
+    await store.create(_task(OTHER, "task-o"), max_open=2)
+    await store.create(_task(CHAT, "task-uncapped"))
+
+
+async def test_ended_and_expired_tasks_stop_counting(store: TaskStore) -> None:
+    await store.create(_task(CHAT, "task-0"), max_open=2)
+    await store.create(_task(CHAT, "task-1", max_calls=1), max_open=2)
+    await store.end("task-0", "deleted", NOW)
+    await store.create(_task(CHAT, "task-2"), max_open=2)
+    # The last call ends a task (max_calls): it stops counting.
+    await store.record_call("task-1", CHAT, CALL, NOW)
+    await store.create(_task(CHAT, "task-3"), max_open=2)
+    with pytest.raises(Throttled):
+        await store.create(_task(CHAT, "task-4"), max_open=2)
+    # Past their TTL, whether or not anything swept them.
+    later = NOW + timedelta(seconds=601)
+    await store.create(_task(CHAT, "task-5", later), max_open=2)
+    await store.create(_task(CHAT, "task-6", later), max_open=2)
+    assert {t.id for t in await store.open_tasks(10)} >= {"task-5", "task-6"}
+
+
+async def test_the_cap_holds_under_concurrent_opens(store: TaskStore) -> None:
+    async def one(n: int) -> bool:
+        try:
+            await store.create(_task(CHAT, f"task-{n}"), max_open=5)
+        except Throttled:
+            return False
+        return True
+
+    results = await asyncio.gather(*(one(n) for n in range(40)))
+    assert results.count(True) == 5
