@@ -27,6 +27,7 @@ from proxy.audit.log import AuditLog, open_audit_log, terminal_record
 from proxy.aws.credentials import CredentialBroker, make_sts_client
 from proxy.config import Settings
 from proxy.context import RequestContext
+from proxy.dataplane.limits import CallerLimits
 from proxy.dataplane.pipeline import DataPlane
 from proxy.dataplane.upstream import Upstream
 from proxy.errors import AuditUnavailable, Overloaded, ProxyError, Throttled, http_refusal
@@ -202,8 +203,15 @@ def _components(
             store = open_store(settings.task_store, timeout_s=settings.task_store_timeout_s)
             stack.push_async_callback(store.close)
             tasks = TaskService(
-                store, broker, audit, clock=lambda: datetime.now(UTC), revision=revision
+                store,
+                broker,
+                audit,
+                clock=lambda: datetime.now(UTC),
+                revision=revision,
+                max_open_per_identity=settings.limits.open_tasks_per_identity,
             )
+            # One per worker: every count is the process's (docs/api.md#limits).
+            limits = CallerLimits(settings.limits, gauges=metrics)
             decider = OpaDecider(opa, revision=revision)
             admission = OpaDecider(opa, rule=ADMISSION_RULE, revision=revision)
             admin_decider = OpaDecider(opa, package=ADMIN_PACKAGE, revision=revision)
@@ -225,8 +233,9 @@ def _components(
                     budget_s=settings.scan_budget_s,
                 ),
                 offload=offload,
+                limits=limits,
             )
-            app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks)
+            app[TASK_API] = TaskApi(settings, identities, decider, admin_decider, tasks, limits)
             checkpoints = asyncio.create_task(
                 audit.run_checkpoints(settings.audit.checkpoint_seconds)
             )

@@ -18,9 +18,11 @@ import os
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from proxy.dataplane.limits import LIMIT_KINDS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _KNOWN_OUTCOMES = frozenset(
@@ -35,8 +37,11 @@ _KNOWN_OUTCOMES = frozenset(
         "audit_unavailable",
         "internal_error",
         "state_unavailable",
+        "throttled",
+        "overloaded",
     }
 )
+_LIMIT_OUTCOMES = frozenset({"throttled", "overloaded"})
 
 
 class Metrics:
@@ -75,6 +80,25 @@ class Metrics:
             ["operation", "direction"],
             registry=r,
         )
+        self.limit_refusals = Counter(
+            "bedrock_proxy_limit_refusals",
+            "Requests refused at a limit, by outcome (throttled, overloaded) and limit",
+            ["outcome", "limit"],
+            registry=r,
+        )
+        # Set by the data plane's limits (LimitGauges); summed over live workers.
+        self.inflight_requests = Gauge(
+            "bedrock_proxy_inflight_requests",
+            "Data-plane requests in flight (to the end of their response)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.inflight_body_bytes = Gauge(
+            "bedrock_proxy_inflight_body_bytes",
+            "Request body bytes reserved by the requests in flight",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.sts_calls = Counter(
             "bedrock_proxy_sts_calls", "STS AssumeRole calls by result", ["result"], registry=r
         )
@@ -89,6 +113,10 @@ class Metrics:
         operation = str(fields.get("operation") or "unknown")
         outcome = fields.get("outcome")
         self.requests.labels(operation, outcome if outcome in _KNOWN_OUTCOMES else "other").inc()
+        if outcome in _LIMIT_OUTCOMES:
+            # The refusal's detail names its limit (proxy/dataplane/limits.py).
+            limit = (fields.get("error") or {}).get("detail")
+            self.limit_refusals.labels(outcome, limit if limit in LIMIT_KINDS else "other").inc()
         if isinstance(fields.get("ttfb_ms"), int | float):
             self.ttfb_seconds.labels(operation).observe(fields["ttfb_ms"] / 1000)
         usage = fields.get("usage") or {}
@@ -96,6 +124,11 @@ class Metrics:
             count = usage.get(f"{direction}_tokens")
             if isinstance(count, int) and count >= 0:
                 self.tokens.labels(operation, direction).inc(count)
+
+    def in_flight(self, requests: int, body_bytes: int) -> None:
+        """``LimitGauges``: what the data plane holds now."""
+        self.inflight_requests.set(requests)
+        self.inflight_body_bytes.set(body_bytes)
 
     def sts_hook(self, event_name: str, **kwargs: Any) -> None:
         """botocore ``after-call``/``after-call-error`` handler for AssumeRole."""

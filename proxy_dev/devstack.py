@@ -178,6 +178,8 @@ def write_proxy_config(
     shutdown_grace_ms: int = 30_000,
     task_store: str = "memory",
     default_region: str | None = REGION,
+    limits_options: Mapping[str, object] | None = None,
+    tasks_options: Mapping[str, object] | None = None,
 ) -> Path:
     bundles = trust_domains or {TRUST_DOMAIN: pki / "ca.pem"}
     # None leaves the key out: a call that names no region is then refused.
@@ -187,8 +189,20 @@ def write_proxy_config(
         f"{key} = {json.dumps(value)}\n" for key, value in (audit_options or {}).items()
     )
     domains = "\n".join(f'"{name}" = "{bundle}"' for name, bundle in bundles.items())
-    # Left out for the default, so a caller may append its own [tasks] table.
-    tasks_section = "" if task_store == "memory" else f'[tasks]\nstore = "{task_store}"\n\n'
+    # Extra [limits] and [tasks] keys (rates, budgets, open tasks), rendered as TOML values.
+    limits_extra = "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in (limits_options or {}).items()
+    )
+    tasks_keys = {
+        **({} if task_store == "memory" else {"store": task_store}),
+        **(tasks_options or {}),
+    }
+    # Left out when empty, so a caller may append its own [tasks] table.
+    tasks_section = (
+        "[tasks]\n" + "".join(f"{key} = {json.dumps(v)}\n" for key, v in tasks_keys.items()) + "\n"
+        if tasks_keys
+        else ""
+    )
     path.write_text(
         f"""# Written by `bedrock-proxy dev up`: local defaults, not for production.
 [listen]
@@ -216,7 +230,7 @@ url = "{emulator["bedrock_url"]}"
 [limits]
 max_body_bytes = {max_body_bytes}
 shutdown_grace_ms = {shutdown_grace_ms}
-
+{limits_extra}
 {tasks_section}[audit]
 path = "{audit_log}"
 {audit_extra}"""

@@ -14,7 +14,9 @@ process's ``Overloaded`` (503). On exit, however the block ends (answer,
 refusal, error, the client gone), every slot and byte is given back.
 
 Each refusal's ``detail`` is the stable name of the limit (``LIMIT_KINDS``):
-the audit record's ``error.detail`` and the metrics' ``limit`` label.
+the audit record's ``error.detail`` and the metrics' ``limit`` label. After
+every change the ``LimitGauges`` given are told the requests and body bytes
+now in flight.
 
 Security reasoning
 ------------------
@@ -43,7 +45,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from proxy.config import LimitSettings
 from proxy.errors import Overloaded, Throttled, clip
@@ -70,6 +72,10 @@ LIMIT_KINDS = frozenset(
 _RETRY_WHEN_FREED_S = 1.0
 
 K = TypeVar("K", bound=Hashable)
+
+
+class LimitGauges(Protocol):
+    def in_flight(self, requests: int, body_bytes: int) -> None: ...
 
 
 class TokenBucket:
@@ -122,6 +128,7 @@ class InFlight(Generic[K]):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.total = 0
         self._counts: dict[K, int] = {}
 
     def acquire(self, key: K) -> bool:
@@ -129,9 +136,11 @@ class InFlight(Generic[K]):
         if count >= self.limit:
             return False
         self._counts[key] = count + 1
+        self.total += 1
         return True
 
     def release(self, key: K) -> None:
+        self.total -= 1
         count = self._counts[key] - 1
         if count:
             self._counts[key] = count
@@ -186,8 +195,8 @@ class ByteBudget:
 class Lease:
     """One request's body bytes, reserved as they are read and given back at its end."""
 
-    def __init__(self, budget: ByteBudget, spiffe_id: str) -> None:
-        self._budget, self._spiffe_id = budget, spiffe_id
+    def __init__(self, budget: ByteBudget, spiffe_id: str, changed: Callable[[], None]) -> None:
+        self._budget, self._spiffe_id, self._changed = budget, spiffe_id, changed
         self.reserved = 0
 
     def reserve(self, size: int) -> None:
@@ -209,6 +218,7 @@ class Lease:
                 detail=GLOBAL_BODY_BYTES,
             )
         self.reserved += size
+        self._changed()
 
     def release(self) -> None:
         self._budget.release(self._spiffe_id, self.reserved)
@@ -219,9 +229,14 @@ class CallerLimits:
     """The data plane's limits per SPIFFE ID and per task, for one worker process."""
 
     def __init__(
-        self, settings: LimitSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: LimitSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        gauges: LimitGauges | None = None,
     ) -> None:
         self.settings = settings
+        self._gauges = gauges
         tracked = settings.tracked_callers
         self.identity_rate: RateLimiter[str] = RateLimiter(
             settings.requests_per_second_per_identity,
@@ -247,6 +262,7 @@ class CallerLimits:
         task = None if task_id is None else (spiffe_id, task_id)
         self._take_tokens(spiffe_id, task)
         with contextlib.ExitStack() as held:
+            held.callback(self._report)  # runs last, once everything is given back
             if not self.identity_slots.acquire(spiffe_id):
                 raise self._busy("This identity", self.identity_slots, IDENTITY_CONCURRENCY)
             held.callback(self.identity_slots.release, spiffe_id)
@@ -254,9 +270,14 @@ class CallerLimits:
                 if not self.task_slots.acquire(task):
                     raise self._busy(f"Task {clip(task[1])}", self.task_slots, TASK_CONCURRENCY)
                 held.callback(self.task_slots.release, task)
-            lease = Lease(self.body_bytes, spiffe_id)
+            lease = Lease(self.body_bytes, spiffe_id, self._report)
             held.callback(lease.release)
+            self._report()
             yield lease
+
+    def _report(self) -> None:
+        if self._gauges is not None:
+            self._gauges.in_flight(self.identity_slots.total, self.body_bytes.total)
 
     def take_token(self, spiffe_id: str) -> None:
         """The identity's rate alone (the task API's calls): a token, or ``Throttled``."""

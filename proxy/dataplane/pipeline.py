@@ -4,15 +4,21 @@
 the next takes, and ``handle`` keeps each result on the RequestContext for
 the audit record:
 
-    identify, route -> admit (body within the limit, region, model, task id)
+    identify, route, task id -> limits (rate, concurrency: held to the end)
+    -> locate (region, model) -> admission (OPA, body-free)
+    -> admit (body within the limit and the byte budgets, parsed once)
     -> task -> inspect (classification, tools, guardrail, prompt hash)
     -> decide (OPA) -> authorize (count the task call) -> prepare (obligations,
     STS credentials, SigV4) -> audit ``authorized`` -> forward (relay)
 
 Every stage either returns or raises a ProxyError; ``error_middleware`` in
 app.py turns the error into an AWS-shaped answer and writes the terminal audit
-record. The body limit is enforced before OPA or STS is asked, so an oversized
-request costs neither. Nothing is forwarded before ``authorized`` is written.
+record. The caller's rate and concurrency are checked before anything else
+is done for it, so a caller over them costs no policy question, body read,
+parse or STS call; a declared body over the limit is refused before policy
+is asked, and body bytes are reserved against the in-flight budgets before
+they are read (``limits.py``). Nothing is forwarded before ``authorized`` is
+written.
 
 Every stage whose work grows with the body (parse, hash, classification scan,
 obligations, prompt capture, SigV4) goes through ``offload.if_large``: a large
@@ -38,6 +44,7 @@ from proxy.aws.credentials import CredentialBroker, CredentialScope, SessionCred
 from proxy.aws.signing import sign_request
 from proxy.config import Settings
 from proxy.context import PromptRecord, RequestContext, Target
+from proxy.dataplane.limits import CallerLimits, Lease
 from proxy.dataplane.response_capture import ResponseCapture
 from proxy.dataplane.upstream import Outgoing, RelayResult, Upstream
 from proxy.errors import (
@@ -141,15 +148,29 @@ class DataPlane:
     metrics: Metrics
     classifier: Classifier
     offload: Offload
+    limits: CallerLimits
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def handle(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         identity = ctx.identity = self.identities.of_connection(request.transport, self.clock())
         route = ctx.route = parse_route(request.method, request.raw_path)
+        task_id = _task_id(request.headers.get("X-Task-Id"))
+        # Held until the response has been relayed: a stream is a request in flight.
+        with self.limits.enter(identity.spiffe_id, task_id) as lease:
+            return await self.serve(request, ctx, identity, route, lease)
+
+    async def serve(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        identity: WorkloadIdentity,
+        route: Route,
+        lease: Lease,
+    ) -> web.StreamResponse:
         located = await self.locate(request, route)
         ctx.target = located.target
         await self.admission_check(ctx, identity, route, located)
-        admitted = await self.admit(request, route, located)
+        admitted = await self.admit(request, route, located, lease)
         ctx.target, ctx.bytes_in = admitted.target, len(admitted.body)
         task = await self._task(admitted.target.task_id, identity.spiffe_id)
         inspected = await self.inspect(request, identity, route, admitted)
@@ -218,10 +239,18 @@ class DataPlane:
             ctx.decision = admission
             raise PolicyDenied(denial_message(admission))
 
-    async def admit(self, request: web.Request, route: Route, located: Located) -> Admitted:
+    async def admit(
+        self, request: web.Request, route: Route, located: Located, lease: Lease
+    ) -> Admitted:
         """The body within its limits, parsed once; a body-named model completes the target."""
-        body = await _read_body(request, self.settings.max_body_bytes)
-        document = await self.offload.if_large(len(body), read_document, route.operation, body)
+        body = await _read_body(request, self.settings.max_body_bytes, lease)
+        document = await self.offload.if_large(
+            len(body),
+            read_document,
+            route.operation,
+            body,
+            max_containers=self.settings.limits.max_json_containers,
+        )
         target = located.target
         if route.operation == "StartAsyncInvoke":
             assert target.region is not None, "the data plane always resolves a region"
@@ -405,13 +434,19 @@ class DataPlane:
         return await self.tasks.for_call(task_id, spiffe_id)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, lease: Lease) -> bytes:
     too_large = BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    declared = request.content_length
+    if declared is not None:
+        if declared > limit:
+            raise too_large
+        # Reserved before a byte is read: a body the budget cannot hold is never buffered.
+        lease.reserve(declared)
     # Chunked bodies have no length up front: count while reading, stop at the limit.
     body = bytearray()
     while chunk := await request.content.read(64 * 1024):
+        if declared is None:
+            lease.reserve(len(chunk))
         body.extend(chunk)
         if len(body) > limit:
             raise too_large

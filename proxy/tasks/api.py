@@ -23,6 +23,9 @@ Security reasoning
 * Every handler identifies the caller from the verified client certificate
   before reading the body, and asks policy before acting; no decision, no
   action (fail closed, like the data path).
+* A data-plane task call takes a token of its identity's rate bucket, the
+  one its model calls take (``dataplane/limits.py``), before anything else;
+  an identity's open tasks are capped by the task service.
 * A task's credentials are dropped when it ends; the refusal itself does not
   depend on that: every call reads the task state from the store first.
 """
@@ -36,6 +39,7 @@ from aiohttp import web
 
 from proxy.config import Settings
 from proxy.context import RequestContext, Target
+from proxy.dataplane.limits import CallerLimits
 from proxy.errors import (
     InvalidRequest,
     PolicyDenied,
@@ -88,6 +92,7 @@ class TaskApi:
     decider: OpaDecider
     admin_decider: OpaDecider
     service: TaskService
+    limits: CallerLimits
 
     # --- data plane -----------------------------------------------------------
 
@@ -150,6 +155,8 @@ class TaskApi:
     ) -> WorkloadIdentity:
         ctx.route = task_route(operation, request.method, request.path)
         ctx.identity = self.identities.of_connection(request.transport, self.service.clock())
+        if not admin:
+            self.limits.take_token(ctx.identity.spiffe_id)
         check_headers(request.headers.items())
         ctx.target = Target(self._region(request, admin=admin), self.settings.default_account)
         return ctx.identity

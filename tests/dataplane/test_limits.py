@@ -264,3 +264,22 @@ def _nest(limits: CallerLimits, clock: Clock, steps: list, pauses: list[float]) 
         pass
     if not nested:
         _nest(limits, clock, rest, pauses[1:])
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def in_flight(self, requests: int, body_bytes: int) -> None:
+        self.seen.append((requests, body_bytes))
+
+
+def test_the_gauges_follow_what_is_in_flight() -> None:
+    gauges = Recorded()
+    limits = CallerLimits(SMALL, gauges=gauges)
+    with limits.enter(CHAT, None) as lease:
+        lease.reserve(40)
+        with limits.enter(BATCH, "task-1") as other:
+            other.reserve(10)
+        lease.reserve(5)
+    assert gauges.seen == [(1, 0), (1, 40), (2, 40), (2, 50), (1, 40), (1, 45), (0, 0)]

@@ -50,7 +50,8 @@ CASES = [
         "converse-nested-too-deep",
         "POST",
         f"/model/{MODEL}/converse",
-        b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        # Deeper than the parser follows, with fewer '[' than limits.max_json_containers.
+        b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
         JSON,
         400,
         "ValidationException",
@@ -60,11 +61,22 @@ CASES = [
         "invoke-nested-too-deep",
         "POST",
         f"/model/{MODEL}/invoke",
-        b'{"max_tokens": 10, "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"max_tokens": 10, "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
         JSON,
         400,
         "ValidationException",
         "nested too deeply",
+    ),
+    (
+        # More objects and arrays than limits.max_json_containers: refused before the parse.
+        "converse-too-many-containers",
+        "POST",
+        f"/model/{MODEL}/converse",
+        b'{"messages": [' + b",".join([b"{}"] * 100_000) + b"]}",
+        JSON,
+        400,
+        "ValidationException",
+        "limits.max_json_containers",
     ),
     (
         "converse-not-json",

@@ -44,7 +44,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def start_proxy(
-    tmp: Path, pki: Pki, emulator: Emulator, opa_url: str, store: str, name: str
+    tmp: Path,
+    pki: Pki,
+    emulator: Emulator,
+    opa_url: str,
+    store: str,
+    name: str,
+    limits: dict[str, Any] | None = None,
 ) -> tuple[ProxyHandle, int]:
     directory = tmp / name
     directory.mkdir()
@@ -56,6 +62,7 @@ def start_proxy(
         audit_log=directory / "audit.log",
         trust_domains={"example.org": pki.ca_bundle},
         opa_timeout_ms=5000,  # a loaded 2-core CI box must not turn load into 503s
+        limits_options=limits,
     )
     with config.open("a") as handle:
         handle.write(f'\n[tasks]\nstore = "{store}"\ntimeout_ms = 3000\nsweep_interval_ms = 200\n')
@@ -70,8 +77,9 @@ def start_proxy(
 def proxies(tmp_path: Path, pki: Pki, emulator: Emulator, opa_url: str) -> Iterator[Any]:
     started: list[ProxyHandle] = []
 
-    def start(store: str) -> tuple[ProxyHandle, int]:
-        handle, admin = start_proxy(tmp_path, pki, emulator, opa_url, store, f"proxy{len(started)}")
+    def start(store: str, limits: dict[str, Any] | None = None) -> tuple[ProxyHandle, int]:
+        name = f"proxy{len(started)}"
+        handle, admin = start_proxy(tmp_path, pki, emulator, opa_url, store, name, limits)
         started.append(handle)
         return handle, admin
 
@@ -256,7 +264,14 @@ def test_bad_task_bodies_are_400(proxy: ProxyHandle, body: dict[str, Any], needl
 def test_concurrent_calls_on_a_fresh_task_assume_the_role_once(
     proxies: Any, emulator: Emulator
 ) -> None:
-    proxy, _ = proxies("memory")
+    # 200 calls at once on one task: over the default per-task and per-identity
+    # rates and concurrency, which are not what this test is about.
+    unlimited = {
+        f"{what}_per_{whom}": 1000
+        for what in ("requests_per_second", "burst", "concurrent_requests")
+        for whom in ("identity", "task")
+    }
+    proxy, _ = proxies("memory", unlimited)
     task = open_task(proxy, max_calls=500)
     before = len(emulator.sts_calls())
     with ThreadPoolExecutor(max_workers=16) as pool:
