@@ -12,7 +12,7 @@ VEGETA := $(CACHE)/bin/vegeta
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 export BEDROCK_PROXY_OPA := $(abspath $(OPA))
 
-.PHONY: all deps opa redis test lint policy-test demo bench clean
+.PHONY: all deps opa redis test lint policy-test demo bench bench-detectors clean
 
 all: test
 
@@ -58,6 +58,11 @@ demo: deps opa
 # Benchmarks (bench/README.md): starts its own stack, stops by itself, writes bench/results/.
 bench: deps $(OPA) $(VEGETA)
 	$(BIN)/python -m bench --vegeta $(abspath $(VEGETA)) $(BENCH_ARGS)
+
+# The classification detectors on adversarial text of 1-25 MB (bench/README.md);
+# one process, no stack. BENCH_ARGS="--quick" for small sizes.
+bench-detectors: deps
+	$(BIN)/python -m bench.detectors $(BENCH_ARGS)
 
 $(VEGETA):
 	@test -x "$(GO)" || { echo "error: Go toolchain not found (needed to build vegeta $(VEGETA_VERSION)); install Go or set GO=/path/to/go" >&2; exit 1; }
