@@ -16,6 +16,14 @@ error and says what to fix; it never copies the parser's text, which quotes
 the peer's bytes. The audit ``detail`` holds the kind and, where the error
 carries it, llhttp's own fixed reason (``Invalid header value char``).
 
+Broken framing inside a body that a handler is already reading (a bad chunk
+size half-way through a chunked body) is refused the same way, through that
+body: aiohttp's C parser queues the error as if it were the next request and
+never ends the body, so the handler would wait for the rest of it until the
+client gave up. ``fail_body`` hands the refusal to the body instead (the
+handler's next read raises it), parses nothing more of the connection and
+closes it after that answer.
+
 Not rate-limited like handshake failures: the parser only runs after a
 successful mTLS handshake, and each refusal closes the connection, so every
 record costs the peer a handshake with a trusted certificate; well-formed
@@ -37,6 +45,8 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from proxy.errors import MalformedHttp, ProxyError
@@ -133,6 +143,55 @@ class MalformedHttpHandler(web.RequestHandler):
     def __init__(self, manager: web.Server, *, refuse: Refuse, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._refuse = refuse
+        # The body ended with an error for its handler to answer; nothing after it is parsed.
+        self._failed_body: StreamReader | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed_body is not None:
+            return
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued:
+            message, _ = self._messages[-1]
+            if isinstance(message, _ErrInfo) and isinstance(message.exc, HttpProcessingError):
+                # The parser gave up inside a body: the error is that body's, not a request.
+                refusal = malformed_http(message.exc, max_headers=self.max_headers)
+                if self.fail_body(self._unfinished_body(), refusal):
+                    self._messages.pop()
+
+    def _unfinished_body(self) -> StreamReader | None:
+        if len(self._messages) >= 2:
+            return self._messages[-2][1]  # the request parsed just before, not yet handled
+        request = self._current_request
+        return None if request is None else request.content
+
+    def fail_body(self, body: StreamReader | None, error: ProxyError) -> bool:
+        """End ``body``, unfinished and to be read by a handler (running or queued), with
+        ``error``: the handler's next read raises it, and the connection closes once that
+        request is answered. False when no handler will read it."""
+        if body is None or body.is_eof() or self._failed_body is not None:
+            return False
+        handled = self._current_request is not None and self._current_request.content is body
+        if not handled and not any(payload is body for _, payload in self._messages):
+            return False
+        body.set_exception(error)
+        # Once more after the reader's wake-up that these same bytes may have queued (the
+        # end of a chunk): aiohttp's read() waits again without looking at the error.
+        self._loop.call_soon(body.set_exception, error)
+        self._failed_body = body
+        return True
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        failed = self._failed_body is not None and request.content is self._failed_body
+        if failed:
+            resp.force_close()
+        answered = await super().finish_response(request, resp, start_time)
+        if failed:
+            # Now, not after aiohttp's read of the rest of the body: that would raise again.
+            self.force_close()
+        return answered
 
     def handle_error(
         self,

@@ -8,14 +8,18 @@ peer's bytes, which must never reach the message or the audit detail.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from functools import partial
 
 import pytest
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParserC, HttpRequestParserPy
 
-from proxy.errors import MalformedHttp, Outcome
-from proxy.request.malformed import malformed_http
+from proxy.errors import MalformedHttp, Outcome, ProxyError
+from proxy.request.malformed import MalformedHttpHandler, malformed_http
 
 PARSERS = {"c": HttpRequestParserC, "python": HttpRequestParserPy}
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n"
@@ -141,3 +145,79 @@ def test_each_parser_refusal_says_what_to_fix_without_the_peers_bytes(
 def test_only_llhttps_own_reason_reaches_the_detail(text: str, detail: str) -> None:
     error = malformed_http(HttpProcessingError(code=400, message=text), max_headers=128)
     assert error.detail == detail
+
+
+# --- broken framing inside a body ---------------------------------------------
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def _read_body(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await request.read()
+    except ProxyError as error:  # as app.error_middleware answers it
+        return web.Response(status=error.status, text=f"{error.code} {error.detail}")
+    return web.Response(text=f"read {len(body)}")
+
+
+def _serve(sends: list[bytes]) -> bytes:
+    """A MalformedHttpHandler server; the client sends each of ``sends`` 0.2 s apart and
+    reads until the server closes (at most 5 s: the client's own timeout)."""
+
+    async def main() -> bytes:
+        app = web.Application()
+        app.router.add_post("/", _read_body)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        assert runner.server is not None
+        loop = asyncio.get_running_loop()
+
+        def refuse(peer: str | None, error: ProxyError) -> web.Response:
+            return web.Response(status=error.status, text=f"refused {error.detail}")
+
+        handlers = partial(MalformedHttpHandler, runner.server, loop=loop, refuse=refuse)
+        server = await loop.create_server(handlers, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def client() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                for data in sends:
+                    sock.sendall(data)
+                    time.sleep(0.2)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                return answer
+
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            server.close()
+            await runner.cleanup()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("sends", "refused"),
+    [
+        # The handler is reading when the broken chunk comes: its read raises the refusal.
+        ([CHUNKED_HEAD + b"5\r\nhello\r\n", b"zz\r\nZQX\r\n"], b"malformed_http body_framing"),
+        # The end of a chunk (which wakes the reader) and the broken one in one packet.
+        ([CHUNKED_HEAD + b"5\r\nhello", b"\r\nzz\r\nZQX\r\n"], b"malformed_http body_framing"),
+        # All in one packet: llhttp refuses the whole, before any request exists.
+        ([CHUNKED_HEAD + b"5\r\nhello\r\nzz\r\nZQX\r\n"], b"refused body_framing"),
+    ],
+    ids=["while reading", "with the end of a chunk", "in one packet"],
+)
+def test_broken_framing_inside_a_body_is_refused_at_once(
+    sends: list[bytes], refused: bytes
+) -> None:
+    started = time.monotonic()
+    answer = _serve(sends)
+    assert time.monotonic() - started < 4, "answered at once, not at the client's timeout"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b" 400 " in head.split(b"\r\n")[0]
+    assert body.startswith(refused)
+    assert answer.count(b"HTTP/1.") == 1, "one answer: the refusal is not queued as a request"
+    assert b"ZQX" not in answer
