@@ -46,6 +46,7 @@ class Outcome(StrEnum):
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
     AUDIT_UNAVAILABLE = "audit_unavailable"
     STATE_UNAVAILABLE = "state_unavailable"
+    CLIENT_TIMEOUT = "client_timeout"
     THROTTLED = "throttled"
     OVERLOADED = "overloaded"
     INTERNAL_ERROR = "internal_error"
@@ -176,6 +177,19 @@ class StateUnavailable(ProxyError):
     error_type = "ServiceUnavailableException"
     code = "state_unavailable"
     outcome = Outcome.STATE_UNAVAILABLE
+
+
+class RequestTimeout(ProxyError):
+    """The client stopped sending the request body it announced
+    (``connections.body_idle_timeout_ms``); the connection is closed after the answer.
+
+    ``RequestTimeoutException`` is an error code botocore retries as transient.
+    """
+
+    status = 408
+    error_type = "RequestTimeoutException"
+    code = "request_timeout"
+    outcome = Outcome.CLIENT_TIMEOUT
 
 
 class Throttled(ProxyError):
