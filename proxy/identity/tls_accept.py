@@ -18,6 +18,13 @@ peer (CPython gh-98078). ``AlertingSSLObject`` (the context's
 read", which makes the transport send the queued alert; the next handshake
 step (the peer's next bytes, its close, or the handshake timeout) ends the
 connection, and the failure it records is the one reported.
+
+The loop also holds the line on how many connections a listener has: a
+``ConnectionGate`` counts them, in all and per peer address, from accept
+(handshakes in progress included, since those are what an anonymous flood
+is made of) until the connection ends. Past either count a new connection is
+closed at once, before any TLS work, and reported like a failed handshake
+(``max_connections``, ``max_connections_per_peer``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -33,6 +42,8 @@ from typing import Any
 from aiohttp import web
 
 HANDSHAKE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = "max_connections"
+MAX_CONNECTIONS_PER_PEER = "max_connections_per_peer"
 
 FailureReporter = Callable[[str | None, str], None]
 
@@ -86,6 +97,102 @@ class AlertingSSLObject(ssl.SSLObject):
             raise ssl.SSLWantReadError("handshake failed; alert queued for the peer") from exc
 
 
+class TooManyConnections(Exception):
+    """A connection the gate refuses; ``reason`` names the count it would exceed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectionGate:
+    """The connections one listener of this worker holds, in all and per peer address.
+
+    Bookkeeping only, no I/O. Per-peer entries exist only while that peer has
+    a connection open, so the table is never larger than ``max_total``.
+    """
+
+    def __init__(
+        self,
+        max_total: int,
+        max_per_peer: int,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        self._max_total, self._max_per_peer = max_total, max_per_peer
+        self._observe = observe
+        self._open = 0
+        self._per_peer: dict[str, int] = {}
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    def enter(self, host: str) -> Slot:
+        """A slot for one more connection from ``host``; TooManyConnections past a count."""
+        if self._open >= self._max_total:
+            raise TooManyConnections(MAX_CONNECTIONS)
+        held = self._per_peer.get(host, 0)
+        if held >= self._max_per_peer:
+            raise TooManyConnections(MAX_CONNECTIONS_PER_PEER)
+        self._per_peer[host] = held + 1
+        self._changed(+1)
+        return Slot(self, host)
+
+    def _leave(self, host: str) -> None:
+        held = self._per_peer[host] - 1
+        if held:
+            self._per_peer[host] = held
+        else:
+            del self._per_peer[host]
+        self._changed(-1)
+
+    def _changed(self, delta: int) -> None:
+        self._open += delta
+        if self._observe is not None:
+            self._observe(self._open)
+
+
+class Slot:
+    """One connection's place in its gate; ``release`` gives it back, once."""
+
+    __slots__ = ("_gate", "_host")
+
+    def __init__(self, gate: ConnectionGate, host: str) -> None:
+        self._gate: ConnectionGate | None = gate
+        self._host = host
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate._leave(self._host)
+
+
+class _Held(asyncio.Protocol):
+    """A connection's own protocol, with its slot given back when the connection ends."""
+
+    def __init__(self, inner: asyncio.Protocol, slot: Slot) -> None:
+        self._inner, self._slot = inner, slot
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._slot.release()
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
 class TlsSite(web.BaseSite):
     """Like aiohttp's SockSite, with the handshake done where its outcome is seen."""
 
@@ -97,6 +204,8 @@ class TlsSite(web.BaseSite):
         ssl_context: ssl.SSLContext,
         on_failure: FailureReporter,
         handler_factory: Callable[[], asyncio.BaseProtocol] | None = None,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        gate: ConnectionGate | None = None,
     ) -> None:
         super().__init__(runner)
         self._sock = sock
@@ -104,6 +213,9 @@ class TlsSite(web.BaseSite):
         self._tls = ssl_context
         self._on_failure = on_failure
         self._handler_factory = handler_factory
+        self._handshake_timeout_s = handshake_timeout_s
+        # Without one: counted, never refused.
+        self._gate = gate or ConnectionGate(sys.maxsize, sys.maxsize)
         host, port = sock.getsockname()[:2]
         self._name = f"https://{host}:{port}"
 
@@ -116,7 +228,14 @@ class TlsSite(web.BaseSite):
         # Default: the runner's own aiohttp request handlers.
         handler_factory = self._handler_factory or self._runner.server
         assert handler_factory is not None
-        accept_loop = _AcceptLoop(self._sock, handler_factory, self._tls, self._on_failure)
+        accept_loop = _AcceptLoop(
+            self._sock,
+            handler_factory,
+            self._tls,
+            self._on_failure,
+            self._handshake_timeout_s,
+            self._gate,
+        )
         accept_loop.start()
         self._server = accept_loop  # type: ignore[assignment]  # BaseSite only calls close()
 
@@ -128,11 +247,15 @@ class _AcceptLoop:
         handler_factory: Callable[[], asyncio.BaseProtocol],
         tls: ssl.SSLContext,
         on_failure: FailureReporter,
+        handshake_timeout_s: float,
+        gate: ConnectionGate,
     ) -> None:
         self._sock = sock
         self._handler_factory = handler_factory
         self._tls = tls
         self._on_failure = on_failure
+        self._handshake_timeout_s = handshake_timeout_s
+        self._gate = gate
         self._task: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
 
@@ -160,26 +283,50 @@ class _AcceptLoop:
                 # EMFILE and friends: back off instead of spinning.
                 await asyncio.sleep(0.1)
                 continue
-            handshake = loop.create_task(self._handshake(connection, address))
+            slot = self._admit(connection, address)
+            if slot is None:
+                continue
+            handshake = loop.create_task(self._handshake(connection, address, slot))
             self._handshakes.add(handshake)
             handshake.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, connection: socket.socket, address: Any) -> None:
+    def _admit(self, connection: socket.socket, address: Any) -> Slot | None:
+        host = address[0] if isinstance(address, tuple) and address else ""
+        try:
+            return self._gate.enter(str(host))
+        except TooManyConnections as refused:
+            # A reset, not a FIN: no TIME_WAIT left on our side for each refused connection.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+            self._on_failure(_peer(address), refused.reason)
+            return None
+
+    async def _handshake(self, connection: socket.socket, address: Any, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         handshake = _Handshake()
         _HANDSHAKE.set(handshake)
+        served = False
         try:
             await loop.connect_accepted_socket(
-                self._handler_factory,
+                lambda: _Held(self._protocol(), slot),
                 connection,
                 ssl=self._tls,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+                ssl_handshake_timeout=self._handshake_timeout_s,
             )
+            served = True
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             connection.close()
             # After the alert the peer usually just closes: report why it was sent.
             reason = handshake_failure_reason(handshake.failure or exc)
             self._on_failure(_peer(address), reason)
+        finally:
+            if not served:
+                slot.release()  # no connection was made, so none will be lost
+
+    def _protocol(self) -> asyncio.Protocol:
+        protocol = self._handler_factory()
+        assert isinstance(protocol, asyncio.Protocol), "a stream protocol serves HTTP"
+        return protocol
 
 
 def _peer(address: Any) -> str | None:
