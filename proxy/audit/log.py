@@ -14,7 +14,9 @@ across rotation. Strings are JSON-escaped with ``ensure_ascii``, so no caller
 controlled value can break a line or smuggle control or bidi characters.
 Secrets, signatures and raw bodies never appear; the prompt is captured only as
 the decision's ``audit_capture`` obligation says. TLS handshake failures are
-recorded per connection, rate-limited so a flood cannot fill the disk.
+recorded per connection, like connections refused at a limit or cut at a
+deadline, rate-limited per reason so a flood cannot fill the disk nor hide
+another reason's records.
 
 No line is longer than ``max_record_bytes``: a record that would be is cut
 down before it is chained (``bound.fit``: the largest values outside the
@@ -99,7 +101,7 @@ class AuditLog:
         self._batch: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._connection_budget = _Budget(connection_records_per_minute, 60.0)
+        self._connection_budget = ReasonBudget(connection_records_per_minute, 60.0)
         self._logger = structlog.wrap_logger(
             _SinkLogger(self),
             processors=[
@@ -229,8 +231,9 @@ class AuditLog:
                 self._observe_write(time.perf_counter() - started)
 
     def connection_failed(self, peer: str | None, reason: str) -> None:
-        """A TLS handshake failure; at most N records a minute, the rest counted."""
-        allowed, suppressed = self._connection_budget.take(time.monotonic())
+        """A connection refused, failed in its TLS handshake or cut: at most N records a
+        minute for each reason, the rest counted in the reason's next record."""
+        allowed, suppressed = self._connection_budget.take(reason, time.monotonic())
         if allowed:
             try:
                 self.write("connection", peer=peer, reason=reason, suppressed=suppressed)
@@ -289,6 +292,30 @@ class _Budget:
         self._used += 1
         suppressed, self._suppressed = self._suppressed, 0
         return True, suppressed
+
+
+class ReasonBudget:
+    """A ``_Budget`` for each reason: a flood of one kind of failure (anonymous
+    handshakes, say) leaves room for the records of every other kind.
+
+    At most ``MAX_REASONS`` reasons get their own (OpenSSL's reasons are a fixed
+    but long list); any further ones share one.
+    """
+
+    MAX_REASONS = 256
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self._limit, self._window_s = limit, window_s
+        self._budgets: dict[str, _Budget] = {}
+        self._shared = _Budget(limit, window_s)
+
+    def take(self, reason: str, now: float) -> tuple[bool, int]:
+        budget = self._budgets.get(reason)
+        if budget is None:
+            if len(self._budgets) >= self.MAX_REASONS:
+                return self._shared.take(now)
+            budget = self._budgets[reason] = _Budget(self._limit, self._window_s)
+        return budget.take(now)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -18,7 +18,13 @@ from proxy import cli
 from proxy.audit import ocsf, sinks
 from proxy.audit.chain import Signer, generate_key, load_signer
 from proxy.audit.cli import TailFilter, parse_since, run_tail, run_verify, safe
-from proxy.audit.log import AuditLog, open_audit_log, request_record, terminal_record
+from proxy.audit.log import (
+    AuditLog,
+    ReasonBudget,
+    open_audit_log,
+    request_record,
+    terminal_record,
+)
 from proxy.audit.sinks import FileSink
 from proxy.audit.verify import verify
 from proxy.aws.credentials import CredentialScope, SessionCredentials
@@ -857,3 +863,35 @@ def test_a_log_without_a_signing_key_is_unsealed_not_tampered(
     assert unpinned.exit_code == 3
     # Whoever pins a key expects signatures: a missing one is then a failure.
     assert _report(audit_path, signer).exit_code == 1
+
+
+def test_connection_records_are_rate_limited_per_reason(audit_path: Path) -> None:
+    log = open_log(audit_path, connection_records_per_minute=2)
+    for _ in range(10):
+        log.connection_failed("10.0.0.1", "peer_did_not_return_a_certificate")
+    log.connection_failed("10.0.0.2", "header_timeout")
+    log.close()
+    connections = [r for r in _all(audit_path) if r["event"] == "connection"]
+    # The flood of one reason leaves the other's record in.
+    assert [r["reason"] for r in connections] == [
+        "peer_did_not_return_a_certificate",
+        "peer_did_not_return_a_certificate",
+        "header_timeout",
+    ]
+
+
+def test_a_reasons_next_record_counts_what_its_window_dropped() -> None:
+    budget = ReasonBudget(2, 60.0)
+    taken = [budget.take("header_timeout", now) for now in (0, 1, 2, 3, 4)]
+    assert taken == [(True, 0), (True, 0), (False, 0), (False, 0), (False, 0)]
+    assert budget.take("body_idle_timeout", 5) == (True, 0), "another reason, another budget"
+    assert budget.take("header_timeout", 60) == (True, 3), "the next window says what was dropped"
+    assert budget.take("header_timeout", 61) == (True, 0)
+
+
+def test_reasons_past_the_table_share_one_budget() -> None:
+    budget = ReasonBudget(1, 60.0)
+    for index in range(ReasonBudget.MAX_REASONS):
+        assert budget.take(f"reason {index}", 0) == (True, 0)
+    assert budget.take("one more", 0) == (True, 0)
+    assert budget.take("and another", 0) == (False, 0)
