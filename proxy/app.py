@@ -183,6 +183,8 @@ def _components(
             upstream = Upstream(
                 connect_timeout_s=settings.upstream_connect_timeout_s,
                 read_timeout_s=settings.upstream_read_timeout_s,
+                max_connections=settings.upstream_max_connections,
+                max_connections_per_host=settings.upstream_max_connections_per_host,
             )
             await upstream.start()
             stack.push_async_callback(upstream.close)
