@@ -132,20 +132,18 @@ def _positive(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    metrics_dir = None
-    if args.workers > 1:
-        # Set before prometheus_client is first imported (by proxy.server): each worker
-        # then writes its metrics to a file there and /metrics sums all of them.
-        metrics_dir = tempfile.mkdtemp(prefix="bedrock-proxy-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Set before prometheus_client is first imported (by proxy.server): each worker, and
+    # the parent that restarts them, then writes its metrics to a file there and
+    # /metrics sums all of them, whichever worker answers and however often one died.
+    metrics_dir = tempfile.mkdtemp(prefix="bedrock-proxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from proxy.config import load_settings
     from proxy.server import run
 
     try:
         return run(load_settings(args.config), workers=args.workers, ready_file=args.ready_file)
     finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _ca_init(args: argparse.Namespace) -> int:

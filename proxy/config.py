@@ -219,9 +219,7 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         body_work_threads=reader.integer("limits", "body_work_threads", 2, 1, 16),
         limits=reader.limits(),
         connections=reader.connections(),
-        upstream_max_connections=reader.integer(
-            "upstream", "max_connections", 1024, 1, 1_000_000
-        ),
+        upstream_max_connections=reader.integer("upstream", "max_connections", 1024, 1, 1_000_000),
         upstream_max_connections_per_host=reader.integer(
             "upstream", "max_connections_per_host", 512, 1, 1_000_000
         ),
@@ -533,9 +531,7 @@ class _Reader:
             handshake_timeout_s=seconds("handshake_timeout_ms", d.handshake_timeout_s, 60_000),
             header_timeout_s=seconds("header_timeout_ms", d.header_timeout_s, 60_000),
             body_idle_timeout_s=seconds("body_idle_timeout_ms", d.body_idle_timeout_s, 600_000),
-            keepalive_timeout_s=seconds(
-                "keepalive_timeout_ms", d.keepalive_timeout_s, 3_600_000
-            ),
+            keepalive_timeout_s=seconds("keepalive_timeout_ms", d.keepalive_timeout_s, 3_600_000),
             max_connections=self.integer(
                 section, "max_connections", d.max_connections, 1, 1_000_000
             ),

@@ -6,10 +6,11 @@ derived from the terminal audit record, so metrics and audit can never
 disagree about what happened; decision, upstream and audit-write latency are
 timed where they happen. Label values come from closed sets (operation names
 the router knows, outcome codes), never from caller strings, so a caller
-cannot explode the series count. With ``--workers N`` the CLI turns on
-prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh
-directory per run): every worker writes its values to a file there, and
-whichever worker a scrape reaches answers with the sum of all of them.
+cannot explode the series count. ``serve`` turns on prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh directory per run):
+every worker, and the supervising parent, writes its values to a file there,
+and whichever worker a scrape reaches answers with the sum of all of them, so
+a worker that is restarted takes nothing its predecessor counted with it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from proxy.dataplane.limits import LIMIT_KINDS
 
@@ -37,11 +38,22 @@ _KNOWN_OUTCOMES = frozenset(
         "audit_unavailable",
         "internal_error",
         "state_unavailable",
+        "client_timeout",
         "throttled",
         "overloaded",
     }
 )
 _LIMIT_OUTCOMES = frozenset({"throttled", "overloaded"})
+# The reasons a connection is cut for; OpenSSL's many handshake reasons are one label.
+_CUT_REASONS = frozenset(
+    {
+        "max_connections",
+        "max_connections_per_peer",
+        "handshake_timeout",
+        "header_timeout",
+        "body_idle_timeout",
+    }
+)
 
 
 class Metrics:
@@ -108,6 +120,24 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.connections_cut = Counter(
+            "bedrock_proxy_connections_cut",
+            "Client connections refused at accept, failed in the TLS handshake or cut, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_open = Gauge(
+            "bedrock_proxy_connections_open",
+            "Client connections open (TLS handshakes included), by listener",
+            ["listener"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def connection_cut(self, reason: str) -> None:
+        """A connection refused or cut (``proxy.identity.tls_accept``, ``proxy.request.deadlines``);
+        every handshake failure that is not a timeout counts as ``handshake_failed``."""
+        self.connections_cut.labels(reason if reason in _CUT_REASONS else "handshake_failed").inc()
 
     def observe_terminal(self, fields: dict[str, Any]) -> None:
         operation = str(fields.get("operation") or "unknown")
@@ -148,3 +178,28 @@ class Metrics:
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+class SupervisorMetrics:
+    """What the ``serve`` parent process counts: workers that died on their own.
+
+    The parent serves no /metrics; in multiprocess mode (always, under
+    ``serve``) its values go to the shared directory like a worker's, so
+    every scrape includes them.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.worker_deaths = Counter(
+            "bedrock_proxy_worker_deaths",
+            "Worker processes that died on their own (each is restarted), by cause",
+            ["cause"],
+            registry=self.registry,
+        )
+
+    def worker_died(self, pid: int, cause: str) -> None:
+        self.worker_deaths.labels(cause).inc()
+        shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared_dir:
+            # Its gauges (connections open, requests in flight) no longer hold anything.
+            mark_process_dead(pid, shared_dir)

@@ -2,10 +2,17 @@
 
 Every worker binds its own listening sockets with SO_REUSEPORT, so the kernel
 spreads connections across workers. The parent only reserves the ports
-(which makes ``:0`` work), starts the workers, writes the ready file once all
-of them listen, forwards SIGINT/SIGTERM, and stops every worker if one dies:
-a half-dead proxy is worse than a stopped one. Workers also stop if the parent
-dies, even by SIGKILL, so no orphan keeps serving on the shared port. uvloop is used when installed.
+(which makes ``:0`` work, and keeps them while any worker restarts), starts
+the workers, writes the ready file once all of them listen and forwards
+SIGINT/SIGTERM. A worker that dies on its own after start-up (a crash, the
+OOM killer) is logged, counted (``bedrock_proxy_worker_deaths_total``) and
+started again in its place, with the same index and so the same audit file,
+whose chain it resumes; meanwhile the kernel gives new connections to the
+workers still listening. Restarts back off (``RestartBackoff``), so a worker
+that keeps dying cannot spin the CPU. A worker that fails to start stops
+them all: that is a configuration or environment error, which a restart
+does not fix. Workers also stop if the parent dies, even by SIGKILL, so no
+orphan keeps serving on the shared port. uvloop is used when installed.
 """
 
 from __future__ import annotations
@@ -14,23 +21,27 @@ import asyncio
 import gc
 import json
 import os
+import resource
 import signal
 import socket
 import sys
+import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from proxy.app import AUDIT, build_admin_app, build_data_app, early_refusal
+from proxy.app import AUDIT, METRICS, build_admin_app, build_data_app, early_refusal
 from proxy.config import Listen, Settings
 from proxy.errors import ConfigError
 from proxy.identity.svid import TrustBundles, server_ssl_context
-from proxy.identity.tls_accept import TlsSite
-from proxy.request.malformed import MalformedHttpHandler
+from proxy.identity.tls_accept import ConnectionGate, TlsSite
+from proxy.metrics import SupervisorMetrics
+from proxy.request.deadlines import DeadlineHandler, Deadlines
 
 
 def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None) -> int:
@@ -49,29 +60,58 @@ def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None)
             'cannot share it: set [tasks] store = "redis://HOST:6379/0" (or rediss:// for '
             "TLS), shared by every worker, or run one worker"
         )
+    _raise_open_files_limit(settings)
     reserved = [_reserve(settings.data_listen), _reserve(settings.admin_listen)]
     ports = [sock.getsockname()[1] for sock in reserved]
     ready_read, ready_write = os.pipe()
     # The parent holds the lifeline's write end until it exits, however it exits
-    # (even SIGKILL): workers stop at its EOF instead of serving on as orphans.
+    # (even SIGKILL): workers stop at its EOF instead of serving on as orphans. It
+    # keeps the read end too, for the workers it restarts.
     lifeline_read, lifeline_write = os.pipe()
-    children = []
-    for index in range(workers):
+
+    def spawn(index: int, ready: int | None) -> int:
         pid = os.fork()
         if pid == 0:
-            os.close(ready_read)
-            os.close(lifeline_write)
-            code = _worker(settings, ports, ready_write, lifeline_read, index)
-            os._exit(code)
-        children.append(pid)
-    os.close(ready_write)
-    os.close(lifeline_read)
-    for sock in reserved:
-        sock.close()
+            code = 1
+            try:
+                os.close(lifeline_write)
+                if ready is not None:
+                    # Only while the parent still holds it: later the number may be reused.
+                    os.close(ready_read)
+                code = _worker(settings, ports, ready, lifeline_read, index)
+            finally:
+                os._exit(code)
+        return pid
+
+    supervisor = _Supervisor(spawn, SupervisorMetrics())
     try:
-        return _supervise(children, ready_read, ports, ready_file)
+        for index in range(workers):
+            supervisor.started(spawn(index, ready_write), index)
+        os.close(ready_write)
+        return supervisor.run(ready_read, ports, ready_file)
     finally:
         os.close(lifeline_write)
+        os.close(lifeline_read)
+        for sock in reserved:
+            sock.close()
+
+
+def _raise_open_files_limit(settings: Settings) -> None:
+    """Open files up to the hard limit: the connection counts are ours to refuse at, not
+    EMFILE's (a worker at EMFILE can accept nothing, not even an admin's scrape)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Both listeners, the upstream pool, and room for OPA, Redis, the audit log, ...
+    needed = 2 * settings.connections.max_connections + settings.upstream_max_connections + 256
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        print(
+            f"bedrock-proxy: warning: at most {hard} open files per process (RLIMIT_NOFILE), "
+            f"fewer than the {needed} that [connections] max_connections and [upstream] "
+            "max_connections may need; past it new connections wait",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _reserve(listen: Listen) -> socket.socket:
@@ -97,7 +137,7 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 def _worker(
-    settings: Settings, ports: list[int], ready_write: int, lifeline: int, index: int
+    settings: Settings, ports: list[int], ready_write: int | None, lifeline: int, index: int
 ) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
@@ -119,7 +159,7 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 async def _serve_worker(
-    settings: Settings, ports: list[int], ready_write: int, lifeline: int, index: int
+    settings: Settings, ports: list[int], ready_write: int | None, lifeline: int, index: int
 ) -> None:
     bundles = TrustBundles.load(settings.trust_bundles)
     ssl_context = server_ssl_context(settings.server_cert, settings.server_key, bundles)
@@ -139,32 +179,57 @@ async def _serve_worker(
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     listeners = [
-        (data_runner, settings.data_listen.host, ports[0]),
-        (admin_runner, settings.admin_listen.host, ports[1]),
+        ("data", data_runner, settings.data_listen.host, ports[0]),
+        ("admin", admin_runner, settings.admin_listen.host, ports[1]),
     ]
-    # Handshake failures (no, bad or untrusted client certificates) are audited.
-    audit = data_app[AUDIT]
+    audit, metrics = data_app[AUDIT], data_app[METRICS]
+
+    def connection_cut(peer: str | None, reason: str) -> None:
+        # Refused, failed in the handshake, or cut: counted, and recorded at a bounded rate.
+        metrics.connection_cut(reason)
+        audit.connection_failed(peer, reason)
+
+    limits = settings.connections
     loop = asyncio.get_running_loop()
-    for runner, host, port in listeners:
+    for name, runner, host, port in listeners:
         assert runner.server is not None
         # What aiohttp's HTTP parser refuses is answered and audited like every
-        # other refusal of that listener (the runners set no handler options).
+        # other refusal of that listener; the handlers are built here, not by the
+        # runner, so every handler option is passed here.
         handlers = partial(
-            MalformedHttpHandler, runner.server, loop=loop, refuse=early_refusal(runner.app)
+            DeadlineHandler,
+            runner.server,
+            loop=loop,
+            refuse=early_refusal(runner.app),
+            deadlines=Deadlines(limits.header_timeout_s, limits.body_idle_timeout_s),
+            on_cut=connection_cut,
+            keepalive_timeout=limits.keepalive_timeout_s,
+            max_line_size=limits.max_request_line_bytes,
+            max_field_size=limits.max_header_line_bytes,
+            max_headers=limits.max_headers,
+        )
+        # Each listener has its own counts: a flood on the data port leaves the admin port be.
+        gate = ConnectionGate(
+            limits.max_connections,
+            limits.max_connections_per_peer,
+            observe=metrics.connections_open.labels(name).set,
         )
         await TlsSite(
             runner,
             _listening(host, port),
             ssl_context=ssl_context,
-            on_failure=audit.connection_failed,
+            on_failure=connection_cut,
             handler_factory=handlers,
+            handshake_timeout_s=limits.handshake_timeout_s,
+            gate=gate,
         ).start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_reader(lifeline, _parent_gone, loop, lifeline, stop)
-    os.write(ready_write, b"r")
-    os.close(ready_write)
+    if ready_write is not None:
+        os.write(ready_write, b"r")
+        os.close(ready_write)
     try:
         await stop.wait()
     finally:
@@ -183,40 +248,136 @@ def _parent_gone(loop: asyncio.AbstractEventLoop, lifeline: int, stop: asyncio.E
     stop.set()
 
 
-def _supervise(
-    children: list[int], ready_read: int, ports: list[int], ready_file: Path | None
-) -> int:
-    stopping = False
+@dataclass
+class RestartBackoff:
+    """How long to wait before a dead worker is started again.
 
-    def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        _signal_all(children, signal.SIGTERM)
+    ``base_s`` after a worker that had run for ``stable_s``; doubled for each
+    death that follows a shorter run, up to ``max_s``. A worker that crashes
+    at once therefore costs a fork every ``max_s`` at most, not a busy loop.
+    """
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    ready = 0
-    with os.fdopen(ready_read, "rb", buffering=0) as pipe:
-        while ready < len(children) and pipe.read(1):
-            ready += 1
-    if ready == len(children) and ready_file is not None:
-        _write_ready(ready_file, ports)
-    status = 0 if ready == len(children) else 1
-    remaining = set(children)
-    while remaining:
+    base_s: float = 0.5
+    max_s: float = 30.0
+    stable_s: float = 60.0
+    _quick_deaths: dict[int, int] = field(default_factory=dict)
+
+    def delay(self, index: int, ran_s: float) -> float:
+        quick = 0 if ran_s >= self.stable_s else self._quick_deaths.get(index, 0) + 1
+        self._quick_deaths[index] = quick
+        return min(self.max_s, self.base_s * 2**quick)
+
+
+class _Supervisor:
+    """The parent's loop: wait for workers, restart those that die, stop on a signal."""
+
+    def __init__(
+        self,
+        spawn: Callable[[int, int | None], int],
+        metrics: SupervisorMetrics,
+        backoff: RestartBackoff | None = None,
+    ) -> None:
+        self._spawn = spawn
+        self._metrics = metrics
+        self._backoff = backoff or RestartBackoff()
+        self._children: dict[int, tuple[int, float]] = {}  # pid -> (index, started at)
+        self._due: dict[int, float] = {}  # index -> when it is started again
+        self._stopping = False
+        self._status = 0
+
+    def started(self, pid: int, index: int) -> None:
+        self._children[pid] = (index, time.monotonic())
+
+    def run(self, ready_read: int, ports: list[int], ready_file: Path | None) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        expected = len(self._children)
+        ready = 0
+        with os.fdopen(ready_read, "rb", buffering=0) as pipe:
+            while ready < expected and pipe.read(1):
+                ready += 1
+        if ready == expected:
+            if ready_file is not None:
+                _write_ready(ready_file, ports)
+        else:
+            # A worker could not start: a restart would fail the same way.
+            self._status = 1
+            self._stop(signal.SIGTERM, None)
+        while self._children or (self._due and not self._stopping):
+            waited = self._wait()
+            if waited is not None:
+                self._ended(*waited)
+            self._restart_due()
+        return self._status
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
+        self._due.clear()
+        _signal_all(list(self._children), signal.SIGTERM)
+
+    def _wait(self) -> tuple[int, int] | None:
+        """The next worker that ended and its wait status; None when a restart is due first."""
+        if not self._due or self._stopping:
+            try:
+                return os.wait()
+            except ChildProcessError:
+                self._children.clear()
+                return None
+        # A restart is pending: poll, so that it happens on time and a signal is seen.
+        deadline = min(self._due.values())
+        while time.monotonic() < deadline and not self._stopping:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid:
+                return pid, status
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return None
+
+    def _ended(self, pid: int, status: int) -> None:
+        if pid not in self._children:
+            return
+        index, started_at = self._children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if self._stopping:
+            if code not in (0, -signal.SIGTERM):
+                self._status = 1
+            return
+        ran_s = time.monotonic() - started_at
+        cause = _cause(code)
+        delay = self._backoff.delay(index, ran_s)
+        self._metrics.worker_died(pid, cause)
+        print(
+            f"bedrock-proxy: worker {index} (pid {pid}) died ({cause}) after {ran_s:.1f} s; "
+            f"starting it again in {delay:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._due[index] = time.monotonic() + delay
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for index, due in sorted(self._due.items()):
+            if due <= now and not self._stopping:
+                del self._due[index]
+                pid = self._spawn(index, None)
+                self.started(pid, index)
+                print(
+                    f"bedrock-proxy: worker {index} started again as pid {pid}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def _cause(code: int) -> str:
+    """A closed set of label values: a signal's name, or the exit status."""
+    if code < 0:
         try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        remaining.discard(pid)
-        if not stopping:
-            # One worker died on its own: stop the others rather than run degraded.
-            status = 1
-            stopping = True
-            _signal_all(list(remaining), signal.SIGTERM)
-        elif os.waitstatus_to_exitcode(code) not in (0, -signal.SIGTERM):
-            status = 1
-    return status
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal_{-code}"
+    return f"exit_{code}"
 
 
 def _signal_all(pids: list[int], signum: int) -> None:

@@ -1,4 +1,4 @@
-"""`serve --workers N`: N processes share the ports; one dying stops them all."""
+"""`serve --workers N`: N processes share the ports; one that dies is started again."""
 
 from __future__ import annotations
 
@@ -11,30 +11,72 @@ import time
 from pathlib import Path
 
 from proxy_dev import devstack
-from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory, children_of
+from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory, ProxyHandle, children_of, wait_for
+from tests.e2e.test_metrics import sample, scrape
 
 MESSAGES = [{"role": "user", "content": [{"text": "hi"}]}]
 
 
-def test_two_workers_serve_and_fail_together(
+def test_a_worker_that_dies_is_started_again_while_the_other_serves(
     proxy_factory: ProxyFactory, opa_url: str, emulator: Emulator, shared_redis: str
 ) -> None:
     proxy = proxy_factory(opa_url, workers=2, task_store=shared_redis)
     workers = children_of(proxy.process.pid)
     assert len(workers) == 2
-    for _ in range(6):
-        # A fresh connection each time, so the kernel may pick either worker.
-        proxy.close_clients()
-        proxy.client().converse(modelId=HAIKU, messages=MESSAGES)
-    assert len(emulator.requests()) == 6
-    assert [r["event"] for r in proxy.records()].count("completed") == 6
+    victim = workers[0]
+    index = _index_of(proxy, victim)
+    log = proxy.audit_path.parent / "proxy.log"
 
-    os.kill(workers[0], signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while proxy.process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proxy.process.returncode == 1, "a dead worker stops the whole proxy"
-    assert not Path(f"/proc/{workers[1]}").exists() or children_of(proxy.process.pid) == []
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: f"(pid {victim}) died (SIGKILL)" in log.read_text(), timeout=10)
+    # Meanwhile the kernel gives every new connection to the worker still listening.
+    for _ in range(4):
+        _call(proxy)
+    wait_for(lambda: len(children_of(proxy.process.pid)) == 2, timeout=15)
+    [replacement] = set(children_of(proxy.process.pid)) - set(workers)
+    assert proxy.process.poll() is None, "the proxy kept running"
+    assert f"worker {index} started again as pid {replacement}" in log.read_text()
+
+    # The replacement resumes its predecessor's audit chain, and serves.
+    path = proxy.audit_files()[index]
+    wait_for(lambda: _resumed_by(path, replacement), timeout=15)
+    calls = 0
+    while calls < 40 and not _served_after_resume(path, replacement):
+        _call(proxy)
+        calls += 1
+    assert _served_after_resume(path, replacement), "the replacement took no connection"
+    assert sample(scrape(proxy), "bedrock_proxy_worker_deaths_total", cause="SIGKILL") == 1.0
+    completed = [
+        r for r in proxy.records() if r["event"] == "completed" and r["operation"] == "Converse"
+    ]
+    assert all(r["outcome"] == "ok" for r in completed) and len(completed) == 4 + calls
+
+
+def _call(proxy: ProxyHandle) -> None:
+    proxy.close_clients()  # a fresh connection: the kernel picks a worker for each
+    assert proxy.client().converse(modelId=HAIKU, messages=MESSAGES)["output"]
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _index_of(proxy: ProxyHandle, pid: int) -> int:
+    [start] = [r for r in proxy.all_records() if r["event"] == "chain_start" and r["pid"] == pid]
+    index = start["worker"]
+    assert isinstance(index, int)
+    return index
+
+
+def _resumed_by(path: Path, pid: int) -> bool:
+    return any(r["event"] == "chain_resumed" and r["pid"] == pid for r in _lines(path))
+
+
+def _served_after_resume(path: Path, pid: int) -> bool:
+    records = _lines(path)
+    [resumed] = [i for i, r in enumerate(records) if r["event"] == "chain_resumed"]
+    assert records[resumed]["pid"] == pid and records[resumed]["previous_sealed"] is False
+    return any(r["event"] == "completed" for r in records[resumed:])
 
 
 def test_stdout_audit_with_several_workers_is_refused_at_start(
