@@ -180,6 +180,8 @@ def write_proxy_config(
     default_region: str | None = REGION,
     limits_options: Mapping[str, object] | None = None,
     tasks_options: Mapping[str, object] | None = None,
+    upstream_options: Mapping[str, object] | None = None,
+    connections_options: Mapping[str, object] | None = None,
 ) -> Path:
     bundles = trust_domains or {TRUST_DOMAIN: pki / "ca.pem"}
     # None leaves the key out: a call that names no region is then refused.
@@ -197,6 +199,17 @@ def write_proxy_config(
         **({} if task_store == "memory" else {"store": task_store}),
         **(tasks_options or {}),
     }
+    # Extra [upstream] keys (the pool) and a [connections] table (limits and deadlines).
+    upstream_extra = "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in (upstream_options or {}).items()
+    )
+    connections_section = (
+        "[connections]\n"
+        + "".join(f"{key} = {json.dumps(v)}\n" for key, v in connections_options.items())
+        + "\n"
+        if connections_options
+        else ""
+    )
     # Left out when empty, so a caller may append its own [tasks] table.
     tasks_section = (
         "[tasks]\n" + "".join(f"{key} = {json.dumps(v)}\n" for key, v in tasks_keys.items()) + "\n"
@@ -226,12 +239,12 @@ sts_endpoint = "{emulator["sts_url"]}"
 
 [upstream]
 url = "{emulator["bedrock_url"]}"
-
+{upstream_extra}
 [limits]
 max_body_bytes = {max_body_bytes}
 shutdown_grace_ms = {shutdown_grace_ms}
 {limits_extra}
-{tasks_section}[audit]
+{tasks_section}{connections_section}[audit]
 path = "{audit_log}"
 {audit_extra}"""
     )
