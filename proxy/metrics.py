@@ -24,6 +24,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from proxy.dataplane.limits import LIMIT_KINDS
+from proxy.dataplane.upstream import UPSTREAM_CONNECTIONS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _KNOWN_OUTCOMES = frozenset(
@@ -44,6 +45,8 @@ _KNOWN_OUTCOMES = frozenset(
     }
 )
 _LIMIT_OUTCOMES = frozenset({"throttled", "overloaded"})
+# The limits a refusal's detail may name: the callers' and the upstream pool's.
+_LIMITS = LIMIT_KINDS | {UPSTREAM_CONNECTIONS}
 # The reasons a connection is cut for; OpenSSL's many handshake reasons are one label.
 _CUT_REASONS = frozenset(
     {
@@ -146,7 +149,7 @@ class Metrics:
         if outcome in _LIMIT_OUTCOMES:
             # The refusal's detail names its limit (proxy/dataplane/limits.py).
             limit = (fields.get("error") or {}).get("detail")
-            self.limit_refusals.labels(outcome, limit if limit in LIMIT_KINDS else "other").inc()
+            self.limit_refusals.labels(outcome, limit if limit in _LIMITS else "other").inc()
         if isinstance(fields.get("ttfb_ms"), int | float):
             self.ttfb_seconds.labels(operation).observe(fields["ttfb_ms"] / 1000)
         usage = fields.get("usage") or {}
