@@ -324,7 +324,7 @@ class _Supervisor:
                 self._children.clear()
                 return None
         # A restart is pending: poll, so that it happens on time and a signal is seen.
-        deadline = min(self._due.values())
+        deadline = min(self._due.values(), default=0.0)  # a signal may just have cleared it
         while time.monotonic() < deadline and not self._stopping:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -360,9 +360,12 @@ class _Supervisor:
         now = time.monotonic()
         for index, due in sorted(self._due.items()):
             if due <= now and not self._stopping:
-                del self._due[index]
+                self._due.pop(index, None)
                 pid = self._spawn(index, None)
                 self.started(pid, index)
+                if self._stopping:
+                    # The signal came between the fork and now: this one was not told.
+                    _signal_all([pid], signal.SIGTERM)
                 print(
                     f"bedrock-proxy: worker {index} started again as pid {pid}",
                     file=sys.stderr,

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import botocore.exceptions
+
 from proxy_dev import devstack
 from tests.conftest import HAIKU, Emulator, Pki, ProxyFactory, ProxyHandle, children_of, wait_for
 from tests.e2e.test_metrics import sample, scrape
@@ -50,6 +52,37 @@ def test_a_worker_that_dies_is_started_again_while_the_other_serves(
         r for r in proxy.records() if r["event"] == "completed" and r["operation"] == "Converse"
     ]
     assert all(r["outcome"] == "ok" for r in completed) and len(completed) == 4 + calls
+
+
+def test_one_worker_is_started_again_and_a_stop_while_it_waits_starts_nothing(
+    proxy_factory: ProxyFactory, opa_url: str, emulator: Emulator
+) -> None:
+    proxy = proxy_factory(opa_url)
+    log = proxy.audit_path.parent / "proxy.log"
+    [first] = children_of(proxy.process.pid)
+    os.kill(first, signal.SIGKILL)
+    # The parent kept the port: the replacement binds it again and serves.
+    wait_for(lambda: "worker 0 started again" in log.read_text(), timeout=10)
+    [second] = children_of(proxy.process.pid)
+    wait_for(lambda: _serves(proxy), timeout=15)
+    assert _resumed_by(proxy.audit_path, second)
+
+    os.kill(second, signal.SIGKILL)  # a quick second death: a longer wait before the restart
+    wait_for(lambda: f"(pid {second}) died (SIGKILL)" in log.read_text(), timeout=10)
+    proxy.process.send_signal(signal.SIGTERM)
+    assert proxy.process.wait(5) == 0, "a clean stop, not a failure"
+    assert log.read_text().count("started again") == 1
+    deaths = [line for line in log.read_text().splitlines() if "died (SIGKILL)" in line]
+    assert deaths[0].endswith("starting it again in 1 s")
+    assert deaths[1].endswith("starting it again in 2 s")
+
+
+def _serves(proxy: ProxyHandle) -> bool:
+    try:
+        _call(proxy)
+    except botocore.exceptions.EndpointConnectionError:
+        return False  # not listening yet
+    return True
 
 
 def _call(proxy: ProxyHandle) -> None:
