@@ -49,12 +49,12 @@ def strict(proxy_factory: ProxyFactory, opa_url: str) -> ProxyHandle:
     )
 
 
-def tls_socket(proxy: ProxyHandle, port: int | None = None) -> ssl.SSLSocket:
-    """A finished mTLS handshake with a valid SVID; nothing sent yet."""
+def tls_socket(proxy: ProxyHandle, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    """A finished mTLS handshake with a valid SVID, from ``source``; nothing sent yet."""
     pair = proxy.pki.svid(CHAT, "raw-client")
     context = ssl.create_default_context(cafile=str(proxy.pki.ca_bundle))
     context.load_cert_chain(str(pair.cert), str(pair.key))
-    raw = socket.create_connection(("127.0.0.1", port or proxy.port), timeout=5)
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5, source_address=(source, 0))
     try:
         return context.wrap_socket(raw, server_hostname="localhost")
     except BaseException:
@@ -175,6 +175,7 @@ def test_a_broken_chunk_mid_body_is_refused_at_once(
 def test_a_silent_tls_client_is_cut_at_the_handshake_deadline(strict: ProxyHandle) -> None:
     before = cuts(strict, "handshake_timeout")
     with socket.create_connection(("127.0.0.1", strict.port), timeout=5) as raw:
+        legit_call(strict)  # while the handshake hangs
         assert until_closed(raw) == b""
     wait_for(lambda: cuts(strict, "handshake_timeout") == before + 1, timeout=5)
     assert connection_records(strict, "handshake_timeout")
@@ -210,11 +211,20 @@ def test_past_a_connection_count_new_connections_are_refused_at_accept(
         assert sample(scrape(proxy), "bedrock_proxy_connections_open", listener="data") == 2
         [record] = connection_records(proxy, reason)
         assert record["peer"].startswith("127.0.0.1:")
+        if reason == "max_connections_per_peer":
+            # Another address is still served while this one is at its count.
+            with tls_socket(proxy, source="127.0.0.2") as other:
+                other.sendall(_converse_request())
+                assert other.recv(65536).startswith(b"HTTP/1.1 200 ")
     finally:
         for sock in held:
             sock.close()
     # Their places come back as they close.
     wait_for(lambda: _served(proxy), timeout=5)
+
+
+def _converse_request() -> bytes:
+    return HEAD + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY
 
 
 def _served(proxy: ProxyHandle) -> bool:
