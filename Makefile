@@ -12,7 +12,7 @@ VEGETA := $(CACHE)/bin/vegeta
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 export BEDROCK_PROXY_OPA := $(abspath $(OPA))
 
-.PHONY: all deps opa redis test lint policy-test demo bench bench-detectors clean
+.PHONY: all deps opa redis test lint policy-test demo bench bench-detectors soak clean
 
 all: test
 
@@ -63,6 +63,11 @@ bench: deps $(OPA) $(VEGETA)
 # one process, no stack. BENCH_ARGS="--quick" for small sizes.
 bench-detectors: deps
 	$(BIN)/python -m bench.detectors $(BENCH_ARGS)
+
+# Legitimate clients beside hostile ones for a few minutes (bench/README.md, "Soak");
+# loopback only, stops by itself. SOAK_ARGS="--quick" for a short smoke run.
+soak: deps opa
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 $(VEGETA):
 	@test -x "$(GO)" || { echo "error: Go toolchain not found (needed to build vegeta $(VEGETA_VERSION)); install Go or set GO=/path/to/go" >&2; exit 1; }
