@@ -121,9 +121,14 @@ def test_sigkill_mid_stream_leaves_an_open_request_and_an_intact_chain(
     (worker,) = children_of(proxy.process.pid)
     os.kill(worker, signal.SIGKILL)
     thread.join(30)
+    # The worker is started again and resumes the chain; then the proxy is stopped.
+    wait_for(lambda: any(r["event"] == "chain_resumed" for r in proxy.all_records()), 15)
+    proxy.process.send_signal(signal.SIGTERM)
     proxy.process.wait(30)
     authorized = [r for r in proxy.records(settled=False) if r["event"] == "authorized"]
     open_id = authorized[-1]["request_id"]
+    [resumed] = [r for r in proxy.all_records() if r["event"] == "chain_resumed"]
+    assert resumed["previous_sealed"] is False, "the chain says its predecessor crashed"
     result = audit_verify(proxy, public)
     assert result.returncode == 3, result.stdout
     assert "OPEN" in result.stdout and open_id in result.stdout
