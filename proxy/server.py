@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -36,12 +37,12 @@ from typing import Any
 from aiohttp import web
 
 from proxy.app import AUDIT, METRICS, build_admin_app, build_data_app, early_refusal
-from proxy.config import Listen, Settings
+from proxy.config import ConnectionSettings, Listen, Settings
 from proxy.errors import ConfigError
 from proxy.identity.svid import TrustBundles, server_ssl_context
 from proxy.identity.tls_accept import ConnectionGate, TlsSite
 from proxy.metrics import SupervisorMetrics
-from proxy.request.deadlines import DeadlineHandler, Deadlines
+from proxy.request.deadlines import CutReporter, DeadlineHandler, Deadlines
 
 
 def run(settings: Settings, *, workers: int = 1, ready_file: Path | None = None) -> int:
@@ -189,40 +190,16 @@ async def _serve_worker(
         metrics.connection_cut(reason)
         audit.connection_failed(peer, reason)
 
-    limits = settings.connections
-    loop = asyncio.get_running_loop()
     for name, runner, host, port in listeners:
-        assert runner.server is not None
-        # What aiohttp's HTTP parser refuses is answered and audited like every
-        # other refusal of that listener; the handlers are built here, not by the
-        # runner, so every handler option is passed here.
-        handlers = partial(
-            DeadlineHandler,
-            runner.server,
-            loop=loop,
-            refuse=early_refusal(runner.app),
-            deadlines=Deadlines(limits.header_timeout_s, limits.body_idle_timeout_s),
-            on_cut=connection_cut,
-            keepalive_timeout=limits.keepalive_timeout_s,
-            max_line_size=limits.max_request_line_bytes,
-            max_field_size=limits.max_header_line_bytes,
-            max_headers=limits.max_headers,
-        )
-        # Each listener has its own counts: a flood on the data port leaves the admin port be.
-        gate = ConnectionGate(
-            limits.max_connections,
-            limits.max_connections_per_peer,
-            observe=metrics.connections_open.labels(name).set,
-        )
-        await TlsSite(
+        await _site(
             runner,
             _listening(host, port),
+            limits=settings.connections,
             ssl_context=ssl_context,
-            on_failure=connection_cut,
-            handler_factory=handlers,
-            handshake_timeout_s=limits.handshake_timeout_s,
-            gate=gate,
+            on_cut=connection_cut,
+            observe_open=metrics.connections_open.labels(name).set,
         ).start()
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -235,6 +212,46 @@ async def _serve_worker(
     finally:
         await data_runner.cleanup()
         await admin_runner.cleanup()
+
+
+def _site(
+    runner: web.AppRunner,
+    sock: socket.socket,
+    *,
+    limits: ConnectionSettings,
+    ssl_context: ssl.SSLContext,
+    on_cut: CutReporter,
+    observe_open: Callable[[int], None],
+) -> TlsSite:
+    """A listener's TlsSite with every [connections] limit and deadline applied."""
+    assert runner.server is not None
+    # What aiohttp's HTTP parser refuses is answered and audited like every other
+    # refusal of that listener. The handlers are built here, not by the runner, so
+    # every handler option is passed here.
+    handlers = partial(
+        DeadlineHandler,
+        runner.server,
+        loop=asyncio.get_running_loop(),
+        refuse=early_refusal(runner.app),
+        deadlines=Deadlines(limits.header_timeout_s, limits.body_idle_timeout_s),
+        on_cut=on_cut,
+        keepalive_timeout=limits.keepalive_timeout_s,
+        max_line_size=limits.max_request_line_bytes,
+        max_field_size=limits.max_header_line_bytes,
+        max_headers=limits.max_headers,
+    )
+    return TlsSite(
+        runner,
+        sock,
+        ssl_context=ssl_context,
+        on_failure=on_cut,
+        handler_factory=handlers,
+        handshake_timeout_s=limits.handshake_timeout_s,
+        # Each listener has its own counts: a flood on one leaves the other be.
+        gate=ConnectionGate(
+            limits.max_connections, limits.max_connections_per_peer, observe=observe_open
+        ),
+    )
 
 
 def _parent_gone(loop: asyncio.AbstractEventLoop, lifeline: int, stop: asyncio.Event) -> None:
