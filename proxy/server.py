@@ -102,12 +102,16 @@ def _raise_open_files_limit(settings: Settings) -> None:
     EMFILE's (a worker at EMFILE can accept nothing, not even an admin's scrape)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass  # an unlimited hard limit the kernel does not take: keep the soft one
     # Both listeners, the upstream pool, and room for OPA, Redis, the audit log, ...
     needed = 2 * settings.connections.max_connections + settings.upstream_max_connections + 256
-    if hard != resource.RLIM_INFINITY and hard < needed:
+    if soft != resource.RLIM_INFINITY and soft < needed:
         print(
-            f"bedrock-proxy: warning: at most {hard} open files per process (RLIMIT_NOFILE), "
+            f"bedrock-proxy: warning: at most {soft} open files per process (RLIMIT_NOFILE), "
             f"fewer than the {needed} that [connections] max_connections and [upstream] "
             "max_connections may need; past it new connections wait",
             file=sys.stderr,

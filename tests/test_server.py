@@ -3,11 +3,15 @@ and how a death is named (the worker death metric's label)."""
 
 from __future__ import annotations
 
+import resource
 import signal
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from proxy.server import RestartBackoff, _cause
+from proxy.config import ConnectionSettings, Settings
+from proxy.server import RestartBackoff, _cause, _raise_open_files_limit
 
 
 def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly_up_to_the_cap() -> None:
@@ -30,3 +34,24 @@ def test_a_worker_that_had_run_a_while_is_restarted_soon_and_each_index_on_its_o
 )
 def test_a_death_is_named_by_its_signal_or_exit_status(code: int, cause: str) -> None:
     assert _cause(code) == cause
+
+
+@pytest.mark.parametrize(
+    ("limits", "warned"),
+    [((1024, 1_048_576), False), ((1024, 4096), True), ((65536, 65536), False)],
+)
+def test_open_files_are_raised_to_the_hard_limit_and_too_few_are_said(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    limits: tuple[int, int],
+    warned: bool,
+) -> None:
+    current = list(limits)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: tuple(current))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, new: current.__setitem__(0, new[0]))
+    settings = cast(
+        Settings, SimpleNamespace(connections=ConnectionSettings(), upstream_max_connections=1024)
+    )
+    _raise_open_files_limit(settings)
+    assert current[0] == limits[1]
+    assert ("RLIMIT_NOFILE" in capsys.readouterr().err) is warned
