@@ -28,6 +28,14 @@ from proxy_dev import devca, devstack
 
 CHAT = "spiffe://example.org/ns/demo/sa/chat"
 ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-runtime-demo"
+BENCH_LIMITS = {
+    "requests_per_second_per_identity": 1_000_000.0,
+    "burst_per_identity": 1_000_000,
+    "concurrent_requests_per_identity": 100_000,
+    "requests_per_second_per_task": 1_000_000.0,
+    "burst_per_task": 1_000_000,
+    "concurrent_requests_per_task": 100_000,
+}
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,9 @@ def start_stack(
             },
             audit_log=audit,
             task_store=task_store if variant.workers > 1 else "memory",
+            # One bench identity stands for a whole fleet: the per-caller limits
+            # would measure themselves, not the proxy.
+            limits_options=BENCH_LIMITS,
         )
         command = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
         if variant.workers > 1:

@@ -216,7 +216,12 @@ def test_policy_edit_is_picked_up_live_without_failed_requests(
     _, opa_url = start_opa(policies)
     # OPA answers queries only after a reload compiles; on this shared 2-core
     # machine that can take longer than the default 500 ms budget.
-    proxy = proxy_factory(opa_url, opa_timeout_ms=5000)
+    proxy = proxy_factory(
+        opa_url,
+        opa_timeout_ms=5000,
+        # Calls back to back for up to 30 s: above the default identity rate.
+        limits_options={"requests_per_second_per_identity": 1000.0, "burst_per_identity": 1000},
+    )
     call = Call(CHAT, model=SONNET)
     statuses: list[int] = []
     edited_at = None
