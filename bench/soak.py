@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,7 +321,11 @@ async def request_flood(
 
 
 def hostile_clients(
-    stack: Stack, tls: dict[str, ssl.SSLContext], hostile: Hostile, until: float
+    stack: Stack,
+    tls: dict[str, ssl.SSLContext],
+    hostile: Hostile,
+    until: float,
+    only: Sequence[str] = (),
 ) -> list[Awaitable[None]]:
     task = json.dumps({"purpose": "soak", "ttl_seconds": 300, "max_calls": 10}).encode()
     partial = b"POST " + CONVERSE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"
@@ -329,18 +333,29 @@ def hostile_clients(
         b"POST " + CONVERSE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + b'{"messages":' * 50
     )
-    return [
-        hold_connections(stack, None, 20, b"\x16\x03\x01", "stalled_handshake", hostile, until),
-        hold_connections(stack, tls["hostile"], 20, partial, "stalled_headers", hostile, until),
-        hold_connections(stack, tls["hostile"], 10, stalled, "stalled_body", hostile, until),
-        hold_connections(stack, tls["hostile"], 100, b"", "idle_connection", hostile, until),
-        body_attacks(stack, tls["hostile"], hostile, until),
-        request_flood(stack, tls["hostile"], "task_flood", "/v1/tasks", task, 20, hostile, until),
-        request_flood(
-            stack, tls["abuser"], "rate_abuser", CONVERSE, HELLO, stack.rate_per_s * 10, hostile,
-            until,
+    abuse_rate = stack.rate_per_s * 10
+    kinds: dict[str, Callable[[], Awaitable[None]]] = {
+        "stalled_handshake": lambda: hold_connections(
+            stack, None, 20, b"\x16\x03\x01", "stalled_handshake", hostile, until
         ),
-    ]  # fmt: skip
+        "stalled_headers": lambda: hold_connections(
+            stack, tls["hostile"], 20, partial, "stalled_headers", hostile, until
+        ),
+        "stalled_body": lambda: hold_connections(
+            stack, tls["hostile"], 10, stalled, "stalled_body", hostile, until
+        ),
+        "idle_connection": lambda: hold_connections(
+            stack, tls["hostile"], 100, b"", "idle_connection", hostile, until
+        ),
+        "bodies": lambda: body_attacks(stack, tls["hostile"], hostile, until),
+        "task_flood": lambda: request_flood(
+            stack, tls["hostile"], "task_flood", "/v1/tasks", task, 20, hostile, until
+        ),
+        "rate_abuser": lambda: request_flood(
+            stack, tls["abuser"], "rate_abuser", CONVERSE, HELLO, abuse_rate, hostile, until
+        ),
+    }
+    return [start() for name, start in kinds.items() if not only or name in only]
 
 
 # --- measuring -------------------------------------------------------------------------
@@ -385,13 +400,14 @@ async def phase(
     seconds: float,
     rate: float,
     hostile: Hostile | None,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
     started, (user0, sys0) = time.monotonic(), cpu_split(stack.proxy.pid)
     harness0 = _harness_cpu()
     others0 = {name: procstat.cpu_seconds(pid) for name, pid in stack.others.items()}
     until = started + seconds
     sampler = Sampler(stack.proxy.pid)
-    attackers = [] if hostile is None else hostile_clients(stack, tls, hostile, until)
+    attackers = [] if hostile is None else hostile_clients(stack, tls, hostile, until, only)
     # The legitimate clients run in a process of their own: sharing an event loop
     # with the hostile ones would measure this harness's own queueing.
     result = stack.directory / f"legit-{started}.json"
@@ -514,7 +530,9 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def soak(stack: Stack, quiet_s: float, hostile_s: float, rate: float) -> dict[str, Any]:
+async def soak(
+    stack: Stack, quiet_s: float, hostile_s: float, rate: float, only: Sequence[str] = ()
+) -> dict[str, Any]:
     tls = {
         "hostile": client_tls(stack.directory, HOSTILE, "soak-hostile"),
         "abuser": client_tls(stack.directory, ABUSER, "soak-abuser"),
@@ -522,7 +540,7 @@ async def soak(stack: Stack, quiet_s: float, hostile_s: float, rate: float) -> d
     quiet = await phase(stack, tls, quiet_s, rate, None)
     since = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     hostile = Hostile()
-    loud = await phase(stack, tls, hostile_s, rate, hostile)
+    loud = await phase(stack, tls, hostile_s, rate, hostile, only)
     return {
         "quiet": quiet,
         "hostile": loud,
@@ -546,6 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hostile-s", type=float, default=90.0)
     parser.add_argument("--rate", type=float, default=10.0, help="legitimate requests per second")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only these hostile clients (repeatable)"
+    )
     # Internal: the legitimate clients' own process (see ``phase``).
     parser.add_argument("--legit-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -557,7 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_s, hostile_s = (5.0, 10.0) if args.quick else (args.quiet_s, args.hostile_s)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp, contextlib.ExitStack() as stack_exit:
         stack = start_stack(Path(tmp), stack_exit)
-        report = asyncio.run(soak(stack, quiet_s, hostile_s, args.rate))
+        report = asyncio.run(soak(stack, quiet_s, hostile_s, args.rate, args.only))
+        report["hostile_kinds"] = args.only or "all"
         stack_exit.close()  # the proxy seals its log on the way out
         report["audit"] = audit_summary(stack.audit_log, report.pop("since"))
         report["verify"] = verify(stack)
