@@ -39,14 +39,20 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (stat fields 14 and 15)."""
-    total = 0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its descendants (stat fields 14 and 15)."""
+    user = system = 0
     for each in descendants(pid):
         fields = _stat_fields(each)
         if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / _TICKS, system / _TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants."""
+    return sum(cpu_split(pid))
 
 
 def rss_bytes(pid: int) -> int:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import os
 import resource
 import shutil
 import ssl
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,8 @@ from typing import Any
 
 import aiohttp
 
-from bench import procstat
+from bench import load, procstat, streams
+from bench.stack import ClientTls
 from proxy.config import load_settings
 from proxy_dev import devca, devstack
 
@@ -95,12 +97,15 @@ class Hostile:
 class Stack:
     directory: Path
     proxy: subprocess.Popen[bytes]
-    url: str
     port: int
     audit_log: Path
     rate_per_s: float
     # The other processes of the stack, whose CPU is shown beside the proxy's.
     others: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
 
 
 # --- the stack -------------------------------------------------------------------------
@@ -120,40 +125,22 @@ def soak_policies(directory: Path) -> Path:
 
 
 def start_stack(directory: Path, exit_stack: contextlib.ExitStack) -> Stack:
-    devstack.ensure_ca(directory)
-    opa, opa_url = devstack.start_opa(soak_policies(directory), directory / "opa.log")
-    exit_stack.callback(devstack.stop, opa)
-    emulator, emulator_info = devstack.start_emulator(directory)
-    exit_stack.callback(devstack.stop, emulator)
-    audit_log = directory / "audit.log"
-    config = devstack.write_proxy_config(
-        directory / "proxy.toml",
-        pki=directory,
-        opa_url=opa_url,
-        emulator=emulator_info,
-        audit_log=audit_log,
-        audit_options={"signing_key": str(devstack.ensure_audit_key(directory))},
-    )
-    proxy, ports = devstack.start_proxy(directory, config)
-    exit_stack.callback(devstack.stop, proxy)
-    settings = load_settings(config)
-    port = int(ports["data_port"])
+    running = devstack.start_local_stack(directory, soak_policies(directory), exit_stack)
+    settings = load_settings(running.config)
     return Stack(
         directory,
-        proxy,
-        f"https://127.0.0.1:{port}",
-        port,
-        audit_log,
+        running.proxy,
+        int(running.ports["data_port"]),
+        running.audit_log,
         settings.limits.requests_per_second_per_identity,
-        {"opa": opa.pid, "emulator": emulator.pid},
+        {"opa": running.opa.pid, "emulator": running.emulator.pid},
     )
 
 
 def client_tls(directory: Path, identity: str, name: str) -> ssl.SSLContext:
-    cert, key = devca.issue_svid(directory, identity, name)
-    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
-    context.load_cert_chain(str(cert), str(key))
-    return context
+    return streams.client_ssl(
+        ClientTls(directory / "ca.pem", *devca.issue_svid(directory, identity, name))
+    )
 
 
 # --- clients ---------------------------------------------------------------------------
@@ -183,17 +170,26 @@ async def legit_clients(url: str, tls: ssl.SSLContext, rate: float, until: float
                 return
             phase.latencies_ms.append((time.monotonic() - started) * 1000)
 
-        running: set[asyncio.Task[None]] = set()
-        next_at = time.monotonic()
-        while next_at < until:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        await paced(one, rate, until)
+    return phase
+
+
+async def paced(
+    one: Callable[[], Coroutine[Any, Any, None]], rate: float, until: float, most: int | None = None
+) -> None:
+    """Start ``one()`` every 1/rate s until ``until`` (at most ``most`` running), then
+    let the last ones finish: a steady rate whatever the answers take."""
+    running: set[asyncio.Task[None]] = set()
+    next_at = time.monotonic()
+    while next_at < until:
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if most is None or len(running) < most:
             task = asyncio.create_task(one())
             running.add(task)
             task.add_done_callback(running.discard)
-            next_at += 1 / rate
-        if running:
-            await asyncio.wait(running, timeout=35)
-    return phase
+        next_at += 1 / rate
+    if running:
+        await asyncio.wait(running, timeout=35)
 
 
 async def hold_connections(
@@ -307,17 +303,7 @@ async def request_flood(
             except (aiohttp.ClientError, TimeoutError) as exc:
                 hostile.answers[f"{kind}:{type(exc).__name__}"] += 1
 
-        running: set[asyncio.Task[None]] = set()
-        next_at = time.monotonic()
-        while next_at < until:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            if len(running) < 256:  # the flood is bounded on this side too
-                task = asyncio.create_task(one())
-                running.add(task)
-                task.add_done_callback(running.discard)
-            next_at += 1 / rate
-        if running:
-            await asyncio.wait(running, timeout=35)
+        await paced(one, rate, until, most=256)  # the flood is bounded on this side too
 
 
 def hostile_clients(
@@ -373,25 +359,8 @@ class Sampler:
 
 
 def _harness_cpu() -> float:
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of the proxy's process tree."""
-    user = system = 0.0
-    for each in procstat.descendants(pid):
-        try:
-            raw = Path(f"/proc/{each}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        user += int(fields[11]) / procstat._TICKS
-        system += int(fields[12]) / procstat._TICKS
-    return user, system
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + load._cpu_children()
 
 
 async def phase(
@@ -402,7 +371,7 @@ async def phase(
     hostile: Hostile | None,
     only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    started, (user0, sys0) = time.monotonic(), cpu_split(stack.proxy.pid)
+    started, (user0, sys0) = time.monotonic(), procstat.cpu_split(stack.proxy.pid)
     harness0 = _harness_cpu()
     others0 = {name: procstat.cpu_seconds(pid) for name, pid in stack.others.items()}
     until = started + seconds
@@ -418,7 +387,7 @@ async def phase(
     )  # fmt: skip
     await asyncio.gather(legit_process.wait(), sampler.run(until), *attackers)
     legit = json.loads(result.read_text())
-    user1, sys1 = cpu_split(stack.proxy.pid)
+    user1, sys1 = procstat.cpu_split(stack.proxy.pid)
     elapsed = time.monotonic() - started
     harness = _harness_cpu() - harness0
     others = {
@@ -584,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["audit"] = audit_summary(stack.audit_log, report.pop("since"))
         report["verify"] = verify(stack)
     report["targets"] = judge(report)
-    report["machine"] = {"cpus": procstat.os.cpu_count(), "cpu": procstat.cpu_model()}
+    report["machine"] = {"cpus": os.cpu_count(), "cpu": procstat.cpu_model()}
     report["when"] = datetime.now(UTC).isoformat()
     print(render(report))
     out = args.out or RESULTS / f"soak-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"

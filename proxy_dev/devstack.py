@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.audit.chain import generate_key
@@ -303,11 +304,46 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+@dataclass(frozen=True)
+class LocalStack:
+    """The processes of a local stack, as ``start_local_stack`` left them running."""
+
+    opa: subprocess.Popen[bytes]
+    opa_url: str
+    emulator: subprocess.Popen[bytes]
+    emulator_info: dict
+    config: Path
+    proxy: subprocess.Popen[bytes]
+    ports: dict
+    audit_log: Path
+
+
+def start_local_stack(directory: Path, policies: Path, stops: ExitStack) -> LocalStack:
+    """OPA on ``policies``, the emulator and a proxy with a signed audit log in
+    ``directory`` (which holds the dev CA); each is stopped when ``stops`` closes."""
+    ensure_ca(directory)
+    opa, opa_url = start_opa(policies, directory / "opa.log")
+    stops.callback(stop, opa)
+    emulator, emulator_info = start_emulator(directory)
+    stops.callback(stop, emulator)
+    audit_log = directory / "audit.log"
+    config = write_proxy_config(
+        directory / "proxy.toml",
+        pki=directory,
+        opa_url=opa_url,
+        emulator=emulator_info,
+        audit_log=audit_log,
+        audit_options={"signing_key": str(ensure_audit_key(directory))},
+    )
+    proxy, ports = start_proxy(directory, config)
+    stops.callback(stop, proxy)
+    return LocalStack(opa, opa_url, emulator, emulator_info, config, proxy, ports, audit_log)
+
+
 def dev_up(directory: Path, policies: Path) -> int:
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "stack.json").unlink(missing_ok=True)
-    ensure_ca(directory)
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -317,21 +353,14 @@ def dev_up(directory: Path, policies: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with ExitStack() as stack:
-        opa, opa_url = start_opa(policies.resolve(), directory / "opa.log")
-        stack.callback(stop, opa)
-        emulator, emulator_info = start_emulator(directory)
-        stack.callback(stop, emulator)
-        audit_log = directory / "audit.log"
-        config = write_proxy_config(
-            directory / "proxy.toml",
-            pki=directory,
-            opa_url=opa_url,
-            emulator=emulator_info,
-            audit_log=audit_log,
-            audit_options={"signing_key": str(ensure_audit_key(directory))},
+        running = start_local_stack(directory, policies.resolve(), stack)
+        opa, opa_url, emulator, emulator_info = (
+            running.opa,
+            running.opa_url,
+            running.emulator,
+            running.emulator_info,
         )
-        proxy, ports = start_proxy(directory, config)
-        stack.callback(stop, proxy)
+        proxy, ports, audit_log = running.proxy, running.ports, running.audit_log
         stack_info = {
             "proxy_url": f"https://127.0.0.1:{ports['data_port']}",
             "admin_url": f"https://127.0.0.1:{ports['admin_port']}",

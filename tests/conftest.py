@@ -174,14 +174,17 @@ class ProxyHandle:
         finally:
             connection.close()
 
-    def connection(
-        self, cert: certs.CertPair | None, port: int | None = None
-    ) -> http.client.HTTPSConnection:
+    def client_context(self, cert: certs.CertPair | None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki.ca_bundle))
         if cert is not None:
             context.load_cert_chain(str(cert.cert), str(cert.key))
+        return context
+
+    def connection(
+        self, cert: certs.CertPair | None, port: int | None = None
+    ) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(
-            "127.0.0.1", port or self.port, context=context, timeout=30
+            "127.0.0.1", port or self.port, context=self.client_context(cert), timeout=30
         )
 
     def wire(
@@ -189,9 +192,7 @@ class ProxyHandle:
     ) -> bytes:
         """Send ``data`` as it is over mTLS (requests no HTTP client would write) and
         return everything the proxy answers until it closes the connection."""
-        pair = cert or self.pki.svid(CHAT, "raw-client")
-        context = ssl.create_default_context(cafile=str(self.pki.ca_bundle))
-        context.load_cert_chain(str(pair.cert), str(pair.key))
+        context = self.client_context(cert or self.pki.svid(CHAT, "raw-client"))
         with socket.create_connection(("127.0.0.1", port or self.port), timeout=30) as raw:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(data)

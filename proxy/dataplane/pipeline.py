@@ -70,7 +70,7 @@ from proxy.policy.obligations import apply_obligations, prompt_capture
 from proxy.request.body import read_document
 from proxy.request.headers import bedrock_headers, check_headers
 from proxy.request.models import ModelRef, parse_model_id
-from proxy.request.operations import Route, parse_route
+from proxy.request.operations import MAX_GUARDRAIL_ID_LENGTH, Route, parse_route
 from proxy.request.region import resolve_region
 from proxy.request.tools import DeclaredTools, declared_tools
 from proxy.tasks.model import CallRecord, Task
@@ -80,7 +80,6 @@ _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Bedrock's own maxima (botocore's GuardrailIdentifier, GuardrailVersion, S3Uri,
 # AccountId): a longer value, which Bedrock would refuse anyway, is refused
 # before it is copied into the policy input.
-_MAX_GUARDRAIL_ID_CHARS = 2048
 _MAX_GUARDRAIL_VERSION_CHARS = 8
 _MAX_S3_URI_CHARS = 1024
 _MAX_ACCOUNT_CHARS = 12
@@ -157,7 +156,7 @@ class DataPlane:
         task_id = _task_id(request.headers.get("X-Task-Id"))
         # Held until the response has been relayed: a stream is a request in flight.
         with self.limits.enter(identity.spiffe_id, task_id) as lease:
-            return await self.serve(request, ctx, identity, route, lease)
+            return await self.serve(request, ctx, identity, route, task_id, lease)
 
     async def serve(
         self,
@@ -165,9 +164,10 @@ class DataPlane:
         ctx: RequestContext,
         identity: WorkloadIdentity,
         route: Route,
+        task_id: str | None,
         lease: Lease,
     ) -> web.StreamResponse:
-        located = await self.locate(request, route)
+        located = await self.locate(request, route, task_id)
         ctx.target = located.target
         await self.admission_check(ctx, identity, route, located)
         admitted = await self.admit(request, route, located, lease)
@@ -192,7 +192,7 @@ class DataPlane:
         ctx.relay = RelayResult(capture=prepared.capture)
         return await self.forward(request, route, outgoing, ctx.relay)
 
-    async def locate(self, request: web.Request, route: Route) -> Located:
+    async def locate(self, request: web.Request, route: Route, task_id: str | None) -> Located:
         """Where the call goes, from its path and headers alone: no body is read yet."""
         forwarded = check_headers(request.headers.items())
         limit = self.settings.max_body_bytes
@@ -213,7 +213,6 @@ class DataPlane:
             else parse_model_id(route.model_id, region.name, self.settings.default_account)
         )
         account = _account(route, model, self.settings.default_account)
-        task_id = _task_id(request.headers.get("X-Task-Id"))
         return Located(Target(region.name, account, model, task_id, fips=region.fips), forwarded)
 
     async def admission_check(
@@ -254,7 +253,7 @@ class DataPlane:
         target = located.target
         if route.operation == "StartAsyncInvoke":
             assert target.region is not None, "the data plane always resolves a region"
-            model = _model(route, document, target.region, self.settings.default_account)
+            model = _body_model(document, target.region, self.settings.default_account)
             account = _account(route, model, self.settings.default_account)
             target = replace(target, model=model, account=account)
         return Admitted(body, document, target, located.forwarded)
@@ -378,9 +377,7 @@ class DataPlane:
         credentials: SessionCredentials,
     ) -> Outgoing:
         assert target.region is not None, "admit resolves the region"
-        url = self.settings.upstream_base(target.region, fips=target.fips) + route.wire_path
-        if route.wire_query:
-            url += "?" + route.wire_query
+        url = self.settings.upstream_base(target.region, fips=target.fips) + route.wire_target
         signed = await self.offload.if_large(
             len(prepared.body),
             sign_request,
@@ -436,10 +433,8 @@ class DataPlane:
 
 async def _read_body(request: web.Request, limit: int, lease: Lease) -> bytes:
     too_large = BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
-    declared = request.content_length
+    declared = request.content_length  # at most the limit: ``locate`` checked it
     if declared is not None:
-        if declared > limit:
-            raise too_large
         # Reserved before a byte is read: a body the budget cannot hold is never buffered.
         lease.reserve(declared)
     # Chunked bodies have no length up front: count while reading, stop at the limit.
@@ -457,15 +452,12 @@ def _sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _model(
-    route: Route, document: dict[str, Any] | None, region: str, account: str | None
-) -> ModelRef | None:
-    model_id = route.model_id
-    if route.operation == "StartAsyncInvoke":
-        model_id = (document or {}).get("modelId")
-        if not isinstance(model_id, str):
-            raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
-    return None if model_id is None else parse_model_id(model_id, region, account)
+def _body_model(document: dict[str, Any] | None, region: str, account: str | None) -> ModelRef:
+    """StartAsyncInvoke names its model in the body, not the path."""
+    model_id = (document or {}).get("modelId")
+    if not isinstance(model_id, str):
+        raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
+    return parse_model_id(model_id, region, account)
 
 
 def _account(route: Route, model: ModelRef | None, default: str | None) -> str | None:
@@ -518,11 +510,11 @@ def _requested_guardrail(
         return None
     if (
         version is None
-        or len(identifier) > _MAX_GUARDRAIL_ID_CHARS
+        or len(identifier) > MAX_GUARDRAIL_ID_LENGTH
         or len(version) > _MAX_GUARDRAIL_VERSION_CHARS
     ):
         raise InvalidRequest(
-            f"The guardrail identifier must be at most {_MAX_GUARDRAIL_ID_CHARS} characters "
+            f"The guardrail identifier must be at most {MAX_GUARDRAIL_ID_LENGTH} characters "
             f"and its version a string of at most {_MAX_GUARDRAIL_VERSION_CHARS}"
         )
     return Guardrail(identifier, version)

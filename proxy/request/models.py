@@ -241,7 +241,7 @@ def _parse_arn(decoded: str) -> _Parsed:
         raise _invalid("The model ARN partition must be aws, aws-us-gov or aws-cn", decoded)
     if service != "bedrock":
         raise _invalid("Only bedrock model ARNs are accepted (service must be 'bedrock')", decoded)
-    if not is_region(region) or _partition_of_quiet(region) != partition:
+    if not is_region(region) or served_partition(region) != partition:
         raise _invalid("The model ARN has no valid region for its partition", decoded)
     resource_type, sep, resource_id = resource.partition("/")
     kind = _RESOURCE_KINDS.get(resource_type)
@@ -293,7 +293,8 @@ def _resource(kind: str, resource_id: str, decoded: str) -> tuple[str | None, st
     return None, None
 
 
-def _partition_of_quiet(region: str) -> str | None:
+def served_partition(region: str) -> str | None:
+    """The partition of a region the proxy serves, None for one it does not."""
     try:
         return _partition_of(region)
     except InvalidRequest:

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.request.models import served_partition
 from proxy.request.region import is_region
 
 _ARN = re.compile(
@@ -57,18 +58,8 @@ def parse_resource_arn(text: str, resource_type: str) -> ResourceArn | None:
     if match is None or match["type"] != resource_type:
         return None
     region = match["region"]
-    if not is_region(region) or _served_partition(region) != match["partition"]:
+    if not is_region(region) or served_partition(region) != match["partition"]:
         return None
     return ResourceArn(
         text, resource_type, match["partition"], region, match["account"], match["id"]
     )
-
-
-def _served_partition(region: str) -> str | None:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    if "-iso" in region or region.startswith("eusc-"):
-        return None
-    return "aws"
