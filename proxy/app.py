@@ -215,7 +215,9 @@ def _components(
             # One per worker: every count is the process's (docs/api.md#limits).
             limits = CallerLimits(settings.limits, gauges=metrics)
             decider = OpaDecider(opa, revision=revision)
-            admission = OpaDecider(opa, rule=ADMISSION_RULE, revision=revision)
+            admission = OpaDecider(
+                opa, rule=ADMISSION_RULE, revision=revision, undefined_allows=True
+            )
             admin_decider = OpaDecider(opa, package=ADMIN_PACKAGE, revision=revision)
             app[AUDIT] = audit
             app[DATA_PLANE] = DataPlane(

@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from proxy.audit.bound import (
+    DEFAULT_MAX_RECORD_BYTES,
+    MAX_MAX_RECORD_BYTES,
+    MIN_MAX_RECORD_BYTES,
+)
 from proxy.errors import ConfigError
 from proxy.request.body import MAX_JSON_CONTAINERS
 from proxy.request.region import is_region
@@ -46,7 +51,7 @@ class AuditSettings:
     rotate_seconds: float = 0  # 0: never by age
     connection_records_per_minute: int = 60
     # The longest line written; a longer record is cut down (docs/audit.md#record-size).
-    max_record_bytes: int = 256 * 1024
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -461,7 +466,11 @@ class _Reader:
                 "audit", "connection_records_per_minute", 60, 0, 100_000
             ),
             max_record_bytes=self.integer(
-                "audit", "max_record_bytes", 256 * 1024, 32 * 1024, 64 * 1024 * 1024
+                "audit",
+                "max_record_bytes",
+                DEFAULT_MAX_RECORD_BYTES,
+                MIN_MAX_RECORD_BYTES,
+                MAX_MAX_RECORD_BYTES,
             ),
         )
 

@@ -32,8 +32,10 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO, Protocol
 
+from proxy.audit.bound import MAX_MAX_RECORD_BYTES
+
 # The largest record the proxy writes (audit.max_record_bytes at its maximum).
-MAX_RESUME_LINE_BYTES = 64 * 1024 * 1024
+MAX_RESUME_LINE_BYTES = MAX_MAX_RECORD_BYTES
 _BLOCK = 64 * 1024
 
 

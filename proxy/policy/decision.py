@@ -287,11 +287,14 @@ class OpaDecider:
         package: str = DECISION_PACKAGE,
         rule: str = DECISION_RULE,
         revision: PolicyRevision | None = None,
+        undefined_allows: bool = False,
     ) -> None:
         self._opa = opa
         # Only the runtime decision yields obligations (the admin plane assumes no
         # role; the admission check only refuses).
         self._package, self._rule = package, rule
+        # A rule the policy may leave undefined (admission): undefined refuses nothing.
+        self._undefined_allows = undefined_allows
         self._obligations_required = (package, rule) == (DECISION_PACKAGE, DECISION_RULE)
         # One revision poller per process, shared by every decider asking the same OPA.
         self._revision = revision
@@ -300,7 +303,7 @@ class OpaDecider:
         fallback_id = f"proxy-{uuid.uuid4()}"
         answer = await self._opa.query(f"{self._package}.{self._rule}", opa_input)
         revision = None if self._revision is None else self._revision.current
-        if self._rule == ADMISSION_RULE and isinstance(answer, Mapping) and "result" not in answer:
+        if self._undefined_allows and isinstance(answer, Mapping) and "result" not in answer:
             # A policy without an admission rule refuses nothing early; the full
             # decision, which must be defined, still decides every call.
             return Decision(True, (), None, fallback_id, revision)

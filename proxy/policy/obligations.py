@@ -168,8 +168,6 @@ def _capped(current: object, cap: int) -> int:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = parse_strict(body.decode("utf-8"))
-    except InvalidRequest:
-        raise
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest("The request body is not valid JSON") from exc
     if not isinstance(doc, dict):

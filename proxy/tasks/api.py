@@ -63,6 +63,7 @@ from proxy.tasks.model import (
     new_task,
     new_task_id,
     parse_open_request,
+    unknown_task,
 )
 from proxy.tasks.service import TaskService
 
@@ -177,7 +178,7 @@ class TaskApi:
         task_id = _name_task(ctx, request.match_info["task_id"])
         task = await self.service.store.get(task_id)
         if task is None or task.opened_by != identity.spiffe_id:
-            raise TaskRefused(f"Task {clip(task_id)} is unknown or was not opened by this identity")
+            raise unknown_task(task_id)
         return task
 
     def _query(

@@ -159,11 +159,17 @@ def new_task(request: TaskRequest, opened_by: str, now: datetime, task_id: str) 
     )
 
 
+def unknown_task(task_id: str) -> TaskRefused:
+    """The one refusal for a task that does not exist or is someone else's: the two are
+    told apart to nobody, so a task id cannot be probed."""
+    return TaskRefused(f"Task {clip(task_id)} is unknown or was not opened by this identity")
+
+
 def check_usable(task: Task | None, task_id: str, spiffe_id: str, now: datetime) -> Task:
     """The task if ``spiffe_id`` may use it now; else TaskRefused with the reason."""
     if task is None or task.opened_by != spiffe_id:
         # Someone else's task answers like an unknown one: no oracle for task ids.
-        raise TaskRefused(f"Task {clip(task_id)} is unknown or was not opened by this identity")
+        raise unknown_task(task_id)
     state = task.state(now)
     if state == "expired":
         raise TaskRefused(f"Task {clip(task_id)} has expired (at {_iso(task.expires_at)})")

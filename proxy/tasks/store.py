@@ -53,7 +53,14 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from proxy.errors import StateUnavailable, TaskRefused, Throttled, clip
-from proxy.tasks.model import CallRecord, Task, task_from_mapping, task_to_mapping, to_ms
+from proxy.tasks.model import (
+    CallRecord,
+    Task,
+    task_from_mapping,
+    task_to_mapping,
+    to_ms,
+    unknown_task,
+)
 
 RETENTION_SECONDS = 86400
 _PUBLIC_MESSAGE = "Task state is unavailable; the call was not made"
@@ -80,7 +87,7 @@ class TaskStore(Protocol):
 def _refusal(task_id: str, why: str) -> TaskRefused:
     shown = clip(task_id)
     if why == "unknown":
-        return TaskRefused(f"Task {shown} is unknown or was not opened by this identity")
+        return unknown_task(task_id)
     if why == "expired":
         return TaskRefused(f"Task {shown} has expired")
     return TaskRefused(f"Task {shown} has ended ({clip(why, 64)})")

@@ -37,7 +37,6 @@ from proxy.request.body import read_document
 
 # Marks "the body has not been parsed yet" (None means "parsed: not JSON").
 NOT_PARSED = object()
-_JSON_START = re.compile(rb"\s*[\[{]")
 _BLOB = re.compile(r"[A-Za-z0-9+/=_\-\r\n]+")
 
 
