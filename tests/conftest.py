@@ -104,7 +104,9 @@ class ProxyHandle:
         return [p for p in [self.audit_path, *workers] if p.exists()]
 
     def all_records(self) -> list[dict[str, Any]]:
-        lines = [line for path in self.audit_files() for line in path.read_text().splitlines()]
+        # A line without its newline is a record the proxy is still writing: left for the next read.
+        texts = [path.read_text() for path in self.audit_files()]
+        lines = [line for text in texts for line in text[: text.rfind("\n") + 1].splitlines()]
         return [json.loads(line) for line in lines]
 
     def records(self, *, settled: bool = True) -> list[dict[str, Any]]:
