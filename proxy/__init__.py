@@ -18,7 +18,9 @@ per concern (``dataplane/pipeline.py`` runs them in order):
                 api: the /v1/tasks and /admin/tasks handlers
     aws/        credentials: per-task STS AssumeRole under a session policy,
                 cached; signing: header allow-list and botocore SigV4
-    dataplane/  pipeline: the stages in order; upstream: streamed relay;
+    dataplane/  pipeline: the stages in order; reading: one parse of a body and
+                all policy reads in it (a job a body-work process can run);
+                limits: per-caller budgets; upstream: streamed relay;
                 observe: the stream watched on the side (response_capture
                 keeps what the audit obligation asks for)
     audit/      log: write-ahead JSON lines in a signed hash chain (chain,
@@ -28,7 +30,8 @@ per concern (``dataplane/pipeline.py`` runs them in order):
 AWS-shaped responses in one place; ``server.py`` runs the worker processes;
 ``config.py`` is the one validated settings object; ``metrics.py`` serves
 Prometheus metrics on the admin listener; ``offload.py`` moves body-sized work
-off the event loop. Dev tooling (the local Bedrock emulator and STS, the dev
-CA, the dev stack and the demo) is the separate package ``proxy_dev``: nothing
-here imports it, except the CLI's dev verbs, which load it on demand.
+off the event loop (processes for Python work, threads for hashing). Dev
+tooling (the local Bedrock emulator and STS, the dev CA, the dev stack and the
+demo) is the separate package ``proxy_dev``: nothing here imports it, except
+the CLI's dev verbs, which load it on demand.
 """

@@ -161,8 +161,14 @@ def _components(
             )
             audit_pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="audit"))
             sts_pool = stack.enter_context(ThreadPoolExecutor(4, thread_name_prefix="sts"))
-            offload = Offload(body_pool)
             metrics = app[METRICS]
+            offload = Offload(
+                body_pool,
+                processes=settings.body_work_processes,
+                per_caller=settings.body_work_per_identity,
+                on_process_death=metrics.body_work_deaths.inc,
+            )
+            stack.callback(offload.close)
             identities = VerifiedIdentities(TrustBundles.load(settings.trust_bundles))
             audit = open_audit_log(
                 settings,
@@ -230,12 +236,7 @@ def _components(
                 audit=audit,
                 tasks=tasks,
                 metrics=metrics,
-                classifier=Classifier(
-                    classification_rules,
-                    DeclaredDefaults(opa, revision),
-                    offload=offload,
-                    budget_s=settings.scan_budget_s,
-                ),
+                classifier=Classifier(classification_rules, DeclaredDefaults(opa, revision)),
                 offload=offload,
                 limits=limits,
             )

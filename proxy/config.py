@@ -141,7 +141,10 @@ class Settings:
     # Wall-clock budget of one body's classification scan; past it the body is
     # scan_incomplete (restricted in the shipped policy), never an unbounded scan.
     scan_budget_s: float = 3.0
-    # Threads for body-sized work (parse, scan, hash, obligations, SigV4), their own.
+    # Body work over 64 KiB: processes for parse, scan and obligation edits (each
+    # SPIFFE ID at most body_work_per_identity of them at once), threads for SigV4.
+    body_work_processes: int = 2
+    body_work_per_identity: int = 1
     body_work_threads: int = 2
     limits: LimitSettings = LimitSettings()
     connections: ConnectionSettings = ConnectionSettings()
@@ -221,6 +224,8 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Settings
         task_store_timeout_s=reader.millis("tasks", "timeout_ms", 500),
         task_sweep_interval_s=reader.millis("tasks", "sweep_interval_ms", 1000),
         scan_budget_s=reader.integer("limits", "scan_budget_ms", 3000, 100, 60_000) / 1000,
+        body_work_processes=reader.integer("limits", "body_work_processes", 2, 1, 64),
+        body_work_per_identity=reader.integer("limits", "body_work_per_identity", 1, 1, 64),
         body_work_threads=reader.integer("limits", "body_work_threads", 2, 1, 16),
         limits=reader.limits(),
         connections=reader.connections(),

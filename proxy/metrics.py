@@ -136,6 +136,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.body_work_deaths = Counter(
+            "bedrock_proxy_body_work_deaths",
+            "Body-work processes that died mid-job (their pool is started afresh)",
+            registry=r,
+        )
 
     def connection_cut(self, reason: str) -> None:
         """A connection refused or cut (``proxy.identity.tls_accept``, ``proxy.request.deadlines``);

@@ -5,9 +5,9 @@ the next takes, and ``handle`` keeps each result on the RequestContext for
 the audit record:
 
     identify, route, task id -> limits (rate, concurrency: held to the end)
-    -> locate (region, model) -> admission (OPA, body-free)
-    -> admit (body within the limit and the byte budgets, parsed once)
-    -> task -> inspect (classification, tools, guardrail, prompt hash)
+    -> locate (region, model) -> admission (OPA, body-free) -> task
+    -> admit (body within the limit and the byte budgets)
+    -> inspect (one parse: classification, tools, guardrail, prompt hash)
     -> decide (OPA) -> authorize (count the task call) -> prepare (obligations,
     STS credentials, SigV4) -> audit ``authorized`` -> forward (relay)
 
@@ -20,22 +20,21 @@ is asked, and body bytes are reserved against the in-flight budgets before
 they are read (``limits.py``). Nothing is forwarded before ``authorized`` is
 written.
 
-Every stage whose work grows with the body (parse, hash, classification scan,
-obligations, prompt capture, SigV4) goes through ``offload.if_large``: a large
-body is worked on in the body-work pool, so one 20 MB call does not stall the
-others, and a flood of them waits for that pool only, never for the audit
-writer's or the STS client's threads.
+Every stage whose work grows with the body goes through ``offload``: for a
+large body the parse, classification scan, obligations and prompt capture run
+in a body-work process (``reading.py``), SigV4's hashing in a body-work
+thread, so one 20 MB call does not stall the others, and a flood of them waits
+for those pools only, never for the audit writer's or the STS client's
+threads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
@@ -45,13 +44,10 @@ from proxy.aws.signing import sign_request
 from proxy.config import Settings
 from proxy.context import PromptRecord, RequestContext, Target
 from proxy.dataplane.limits import CallerLimits, Lease
+from proxy.dataplane.reading import BodyReading, edit_body, read_body, touches_body
 from proxy.dataplane.response_capture import ResponseCapture
 from proxy.dataplane.upstream import Outgoing, RelayResult, Upstream
-from proxy.errors import (
-    BodyTooLarge,
-    InvalidRequest,
-    PolicyDenied,
-)
+from proxy.errors import BodyTooLarge, InvalidRequest, PolicyDenied
 from proxy.identity.svid import VerifiedIdentities, WorkloadIdentity
 from proxy.metrics import Metrics
 from proxy.offload import Offload
@@ -66,23 +62,15 @@ from proxy.policy.decision import (
     build_opa_input,
     denial_message,
 )
-from proxy.policy.obligations import apply_obligations, prompt_capture
-from proxy.request.body import read_document
 from proxy.request.headers import bedrock_headers, check_headers
 from proxy.request.models import ModelRef, parse_model_id
-from proxy.request.operations import MAX_GUARDRAIL_ID_LENGTH, Route, parse_route
+from proxy.request.operations import Route, parse_route
 from proxy.request.region import resolve_region
-from proxy.request.tools import DeclaredTools, declared_tools
+from proxy.request.tools import DeclaredTools
 from proxy.tasks.model import CallRecord, Task
 from proxy.tasks.service import TaskService
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Bedrock's own maxima (botocore's GuardrailIdentifier, GuardrailVersion, S3Uri,
-# AccountId): a longer value, which Bedrock would refuse anyway, is refused
-# before it is copied into the policy input.
-_MAX_GUARDRAIL_VERSION_CHARS = 8
-_MAX_S3_URI_CHARS = 1024
-_MAX_ACCOUNT_CHARS = 12
 # What the admission check shows policy in place of a body: nothing found yet.
 # Only reasons no body can change are read from that answer (authz.rego admission).
 _NO_BODY = Classification("public", "public", "public")
@@ -103,10 +91,9 @@ class Located:
 
 @dataclass(frozen=True)
 class Admitted:
-    """The request as read, before any policy: bounded body, its JSON, where it goes."""
+    """The request as read, before any policy: the bounded body, where it goes."""
 
     body: bytes
-    document: dict[str, Any] | None
     target: Target
     # The allow-listed headers, each sent once: what policy judges is what is forwarded.
     forwarded: Mapping[str, str]
@@ -116,6 +103,8 @@ class Admitted:
 class Inspected:
     """Everything policy judges that is read from the body."""
 
+    # The located target, completed by the body's model (StartAsyncInvoke).
+    target: Target
     classification: Classification
     tools: DeclaredTools
     guardrail: Guardrail | None
@@ -170,19 +159,20 @@ class DataPlane:
         located = await self.locate(request, route, task_id)
         ctx.target = located.target
         await self.admission_check(ctx, identity, route, located)
-        admitted = await self.admit(request, route, located, lease)
-        ctx.target, ctx.bytes_in = admitted.target, len(admitted.body)
-        task = await self._task(admitted.target.task_id, identity.spiffe_id)
+        # A task the caller may not use is refused before its body is read.
+        task = await self._task(task_id, identity.spiffe_id)
+        admitted = await self.admit(request, located, lease)
+        ctx.bytes_in = len(admitted.body)
         inspected = await self.inspect(request, identity, route, admitted)
-        ctx.classification = inspected.classification
+        ctx.target, ctx.classification = inspected.target, inspected.classification
         ctx.prompt = PromptRecord(inspected.prompt_sha256)
         decision = ctx.decision = await self.decide(identity, route, admitted, inspected, task)
-        obligations, task = await self.authorize(decision, identity, admitted, inspected, task)
-        prepared = await self.prepare(request, route, admitted, inspected, obligations)
+        obligations, task = await self.authorize(decision, identity, inspected, task)
+        prepared = await self.prepare(identity, route, admitted, inspected, obligations)
         ctx.prompt = prepared.prompt
-        ctx.scope = self._scope(identity, route, admitted.target, inspected, obligations, task)
+        ctx.scope = self._scope(identity, route, inspected, obligations, task)
         ctx.credentials = await self.broker.credentials_for(ctx.scope)
-        outgoing = await self.sign(route, admitted.target, prepared, ctx.credentials)
+        outgoing = await self.sign(route, inspected.target, prepared, ctx.credentials)
         if task is not None and task.ended_reason is not None:
             # This was the task's last call: it is signed, so its credentials can go now.
             self.tasks.release(task)
@@ -238,25 +228,10 @@ class DataPlane:
             ctx.decision = admission
             raise PolicyDenied(denial_message(admission))
 
-    async def admit(
-        self, request: web.Request, route: Route, located: Located, lease: Lease
-    ) -> Admitted:
-        """The body within its limits, parsed once; a body-named model completes the target."""
+    async def admit(self, request: web.Request, located: Located, lease: Lease) -> Admitted:
+        """The body, within its limit and the in-flight byte budgets."""
         body = await _read_body(request, self.settings.max_body_bytes, lease)
-        document = await self.offload.if_large(
-            len(body),
-            read_document,
-            route.operation,
-            body,
-            max_containers=self.settings.limits.max_json_containers,
-        )
-        target = located.target
-        if route.operation == "StartAsyncInvoke":
-            assert target.region is not None, "the data plane always resolves a region"
-            model = _body_model(document, target.region, self.settings.default_account)
-            account = _account(route, model, self.settings.default_account)
-            target = replace(target, model=model, account=account)
-        return Admitted(body, document, target, located.forwarded)
+        return Admitted(body, located.target, located.forwarded)
 
     async def inspect(
         self,
@@ -265,22 +240,33 @@ class DataPlane:
         route: Route,
         admitted: Admitted,
     ) -> Inspected:
-        body, document = admitted.body, admitted.document
-        # First: a request refused for its tools costs no classification scan.
-        tools = await self.offload.if_large(len(body), declared_tools, route.operation, document)
-        classification = await self.classifier.classify(
-            request.headers.get("X-Data-Classification"),
-            body,
-            operation=route.operation,
-            spiffe_id=identity.spiffe_id,
-            document=document,
+        """One parse of the body and everything policy judges in it (``reading.py``)."""
+        declared = await self.classifier.declared(
+            request.headers.get("X-Data-Classification"), identity.spiffe_id
         )
+        reading: BodyReading = await self.offload.in_process(
+            len(admitted.body),
+            identity.spiffe_id,
+            read_body,
+            route,
+            admitted.forwarded,
+            admitted.body,
+            max_containers=self.settings.limits.max_json_containers,
+            scan_budget_s=self.settings.scan_budget_s,
+        )
+        target = admitted.target
+        if reading.model_id is not None:
+            assert target.region is not None, "the data plane always resolves a region"
+            model = parse_model_id(reading.model_id, target.region, self.settings.default_account)
+            account = _account(route, model, self.settings.default_account)
+            target = replace(target, model=model, account=account)
         return Inspected(
-            classification=classification,
-            tools=tools,
-            guardrail=_requested_guardrail(route, admitted.forwarded, document),
-            async_output=_async_output(route, document),
-            prompt_sha256=await self.offload.if_large(len(body), _sha256, body),
+            target=target,
+            classification=await self.classifier.classify(declared, reading.findings),
+            tools=reading.tools,
+            guardrail=reading.guardrail,
+            async_output=reading.async_output,
+            prompt_sha256=reading.sha256,
         )
 
     async def decide(
@@ -291,7 +277,7 @@ class DataPlane:
         inspected: Inspected,
         task: Task | None,
     ) -> Decision:
-        target = admitted.target
+        target = inspected.target
         query = PolicyQuery(
             identity=identity,
             route=route,
@@ -317,7 +303,6 @@ class DataPlane:
         self,
         decision: Decision,
         identity: WorkloadIdentity,
-        admitted: Admitted,
         inspected: Inspected,
         task: Task | None,
     ) -> tuple[Obligations, Task | None]:
@@ -326,7 +311,7 @@ class DataPlane:
             raise PolicyDenied(denial_message(decision))
         if task is not None:
             # Atomic check-and-count: concurrent calls cannot overrun max_calls.
-            model = admitted.target.model
+            model = inspected.target.model
             call = CallRecord(
                 model.id if model else None,
                 inspected.classification.effective,
@@ -337,32 +322,28 @@ class DataPlane:
 
     async def prepare(
         self,
-        request: web.Request,
+        identity: WorkloadIdentity,
         route: Route,
         admitted: Admitted,
         inspected: Inspected,
         obligations: Obligations,
     ) -> Prepared:
         """Apply the obligations to the request; keep what the audit obligation asks for."""
-        headers, body = await self.offload.if_large(
-            len(admitted.body),
-            apply_obligations,
+        headers, edited, (keep_hash, captured, truncated) = await self.offload.in_process(
+            len(admitted.body) if touches_body(obligations) else 0,
+            identity.spiffe_id,
+            edit_body,
             route,
-            admitted.target.model,
+            inspected.target.model,
             dict(admitted.forwarded),
             admitted.body,
             obligations,
-            # Edited in place, not read again here; an empty body reads as {} for the
-            # policy but is no JSON object to edit.
-            admitted.document if admitted.body else None,
+            max_containers=self.settings.limits.max_json_containers,
         )
         capture = obligations.audit_capture
-        keep_hash, captured, truncated = await self.offload.if_large(
-            len(body), prompt_capture, capture, route.operation, body
-        )
         return Prepared(
             headers=headers,
-            body=body,
+            body=admitted.body if edited is None else edited,
             prompt=PromptRecord(
                 inspected.prompt_sha256 if keep_hash else None, captured, truncated
             ),
@@ -405,11 +386,11 @@ class DataPlane:
         self,
         identity: WorkloadIdentity,
         route: Route,
-        target: Target,
         inspected: Inspected,
         obligations: Obligations,
         task: Task | None,
     ) -> CredentialScope:
+        target = inspected.target
         assert target.region is not None, "admit resolves the region"
         return CredentialScope(
             role_arn=obligations.role_arn,
@@ -448,18 +429,6 @@ async def _read_body(request: web.Request, limit: int, lease: Lease) -> bytes:
     return bytes(body)
 
 
-def _sha256(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
-def _body_model(document: dict[str, Any] | None, region: str, account: str | None) -> ModelRef:
-    """StartAsyncInvoke names its model in the body, not the path."""
-    model_id = (document or {}).get("modelId")
-    if not isinstance(model_id, str):
-        raise InvalidRequest("StartAsyncInvoke needs a modelId string in the body")
-    return parse_model_id(model_id, region, account)
-
-
 def _account(route: Route, model: ModelRef | None, default: str | None) -> str | None:
     """The target account: the one an ARN names (the model's, else the path's
     guardrail or invocation), else the configured default."""
@@ -470,54 +439,12 @@ def _account(route: Route, model: ModelRef | None, default: str | None) -> str |
     return default
 
 
-def _async_output(route: Route, document: dict[str, Any] | None) -> AsyncOutput | None:
-    if route.operation != "StartAsyncInvoke":
-        return None
-    config = (document or {}).get("outputDataConfig")
-    s3 = config.get("s3OutputDataConfig") if isinstance(config, dict) else None
-    if not isinstance(s3, dict) or not isinstance(s3.get("s3Uri"), str):
-        raise InvalidRequest("StartAsyncInvoke needs outputDataConfig.s3OutputDataConfig.s3Uri")
-    owner = s3.get("bucketOwner")
-    if len(s3["s3Uri"]) > _MAX_S3_URI_CHARS:
-        raise InvalidRequest(f"The s3Uri is longer than {_MAX_S3_URI_CHARS} characters")
-    if isinstance(owner, str) and len(owner) > _MAX_ACCOUNT_CHARS:
-        raise InvalidRequest("The bucketOwner must be a 12-digit account id")
-    return AsyncOutput(s3["s3Uri"], owner if isinstance(owner, str) else None)
-
-
 def _task_id(header: str | None) -> str | None:
     if header is None:
         return None
     if not _TASK_ID.match(header):
         raise InvalidRequest("X-Task-Id must be 1-128 characters of [A-Za-z0-9._:-]")
     return header
-
-
-def _requested_guardrail(
-    route: Route, forwarded: Mapping[str, str], document: dict[str, Any] | None
-) -> Guardrail | None:
-    if route.guardrail is not None:
-        return Guardrail(*route.guardrail)
-    identifier = forwarded.get("x-amzn-bedrock-guardrailidentifier")
-    version: str | None = forwarded.get("x-amzn-bedrock-guardrailversion", "")
-    config = (document or {}).get("guardrailConfig")
-    if identifier is None and isinstance(config, dict):
-        identifier = config.get("guardrailIdentifier")
-        raw = config.get("guardrailVersion", "")
-        # Not str() of anything: that of a list could be as large as the body.
-        version = str(raw) if isinstance(raw, str | int) else None
-    if not isinstance(identifier, str):
-        return None
-    if (
-        version is None
-        or len(identifier) > MAX_GUARDRAIL_ID_LENGTH
-        or len(version) > _MAX_GUARDRAIL_VERSION_CHARS
-    ):
-        raise InvalidRequest(
-            f"The guardrail identifier must be at most {MAX_GUARDRAIL_ID_LENGTH} characters "
-            f"and its version a string of at most {_MAX_GUARDRAIL_VERSION_CHARS}"
-        )
-    return Guardrail(identifier, version)
 
 
 def _resource_arns(

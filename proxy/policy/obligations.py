@@ -30,7 +30,7 @@ from typing import Any
 from proxy.errors import InvalidRequest, ObligationUnenforceable
 from proxy.policy.classify.redaction import redacted_capture
 from proxy.policy.decision import Obligations
-from proxy.request.body import parse_strict
+from proxy.request.body import MAX_JSON_CONTAINERS, read_document
 from proxy.request.models import ModelRef
 from proxy.request.operations import Route
 
@@ -60,21 +60,22 @@ def apply_obligations(
     headers: dict[str, str],
     body: bytes,
     obligations: Obligations,
-    document: dict[str, Any] | None = None,
+    *,
+    max_containers: int = MAX_JSON_CONTAINERS,
 ) -> tuple[dict[str, str], bytes]:
-    """``document``: the body already parsed (the pipeline's), which is then edited
-    in place rather than parsed again; None parses ``body`` when an edit needs it."""
+    """The body is parsed only when an edit needs it, by the parse that read it for the
+    policy (``request.body.read_document``, held to the same ``max_containers``)."""
     needs_body_change = obligations.guardrail is not None or obligations.max_output_tokens
     if not needs_body_change or route.operation in _MOOT:
         return headers, body
     if route.operation in _CONVERSE:
-        converse = document if document is not None else _json_object(body)
+        converse = _json_object(route.operation, body, max_containers)
         _converse(converse, obligations)
         return headers, _dumps(converse)
     if route.operation in _INVOKE:
         headers = dict(headers)
         # InvokeModel bodies are provider blobs: JSON only where an edit needs it.
-        doc = document if document is not None else _json_object_or_none(body)
+        doc = _json_object_or_none(route.operation, body, max_containers)
         edited = False
         if obligations.guardrail is not None:
             headers["x-amzn-bedrock-guardrailidentifier"] = obligations.guardrail.identifier
@@ -82,7 +83,7 @@ def apply_obligations(
             _refuse_input_tags(doc, body)
             edited = doc is not None and doc.pop(_GUARDRAIL_FIELD, None) is not None
         if obligations.max_output_tokens:
-            doc = doc if doc is not None else _json_object(body)
+            doc = doc if doc is not None else _json_object(route.operation, body, max_containers)
             _invoke_model(doc, model, obligations.max_output_tokens)
             edited = True
         return headers, _dumps(doc) if edited and doc is not None else body
@@ -165,19 +166,17 @@ def _capped(current: object, cap: int) -> int:
     return cap
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        doc = parse_strict(body.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest("The request body is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The request body must be a JSON object")
+def _json_object(operation: str, body: bytes, max_containers: int) -> dict[str, Any]:
+    # An empty body reads as {} for the policy, but is no JSON object to edit.
+    doc = read_document(operation, body, max_containers=max_containers) if body else None
+    if doc is None:
+        raise InvalidRequest("The request body is not valid JSON")
     return doc
 
 
-def _json_object_or_none(body: bytes) -> dict[str, Any] | None:
+def _json_object_or_none(operation: str, body: bytes, max_containers: int) -> dict[str, Any] | None:
     try:
-        return _json_object(body)
+        return read_document(operation, body, max_containers=max_containers)
     except InvalidRequest:
         return None
 

@@ -1,16 +1,14 @@
 """proxy.dataplane.pipeline: work that grows with the body leaves the loop for large bodies.
 
 The data app runs in this process (real OPA, the emulator's STS and
-bedrock-runtime, real mTLS) so the test can see which thread each stage ran in.
+bedrock-runtime, real mTLS) so the test can see where each stage was sent.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
-import threading
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,27 +17,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import proxy.policy.classify.classifier
-from proxy.app import build_data_app
+from proxy.app import DATA_PLANE, build_data_app
 from proxy.config import load_settings
-from proxy.dataplane import pipeline
-from proxy.errors import InvalidRequest
 from proxy.identity.svid import TrustBundles, server_ssl_context
-from proxy.offload import OFFLOAD_BYTES
-from proxy.request.operations import parse_route
+from proxy.offload import OFFLOAD_BYTES, Offload
 from proxy_dev import devstack
 from tests.conftest import CHAT, HAIKU, PROJECT_ROOT, Emulator, Pki
 
 OBLIGATIONS_POLICY = PROJECT_ROOT / "tests" / "fixtures" / "policies_obligations"
-STAGES = [
-    (pipeline, "read_document"),
-    (pipeline, "declared_tools"),
-    (proxy.policy.classify.classifier, "classify"),
-    (pipeline, "_sha256"),
-    (pipeline, "apply_obligations"),
-    (pipeline, "prompt_capture"),
-    (pipeline, "sign_request"),
-]
+# Every stage whose work grows with the body, and where it must run for a large one.
+STAGES = {"read_body": "process", "edit_body": "process", "sign_request": "thread"}
 
 
 def _converse(size: int) -> bytes:
@@ -49,28 +36,28 @@ def _converse(size: int) -> bytes:
     return json.dumps({"messages": [{"role": "user", "content": [block] * count}]}).encode()
 
 
-@pytest.fixture
-def threads_of_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
-    seen: dict[str, list[int]] = defaultdict(list)
+def record_offloads(offload: Offload, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Where the data plane sent each body-sized stage: inline, thread or process."""
+    seen: dict[str, str] = {}
 
-    def recording(name: str, stage: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            seen[name].append(threading.get_ident())
-            return stage(*args, **kwargs)
+    def recording(pool: str, run: Any) -> Any:
+        def record(size: int, *args: Any, **kwargs: Any) -> Any:
+            work = args[1] if pool == "process" else args[0]
+            seen[work.__name__] = pool if size > OFFLOAD_BYTES else "inline"
+            return run(size, *args, **kwargs)
 
-        return run
+        return record
 
-    for module, name in STAGES:
-        monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
+    monkeypatch.setattr(offload, "in_process", recording("process", offload.in_process))
+    monkeypatch.setattr(offload, "if_large", recording("thread", offload.if_large))
     return seen
 
 
 # app.py keys the request context with a str; aiohttp warns, and warnings are errors here.
 @pytest.mark.parametrize(("size", "inline"), [(100, True), (OFFLOAD_BYTES + 1, False)])
-async def test_body_sized_stages_run_inline_when_small_and_in_a_thread_when_large(
+async def test_body_sized_stages_run_inline_when_small_and_off_the_loop_when_large(
     size: int,
     inline: bool,
-    threads_of_stages: dict[str, list[int]],
     pki: Pki,
     emulator: Emulator,
     start_opa: Any,
@@ -102,6 +89,7 @@ async def test_body_sized_stages_run_inline_when_small_and_in_a_thread_when_larg
     client_tls.load_cert_chain(str(svid.cert), str(svid.key))
     runner = web.AppRunner(build_data_app(settings))
     await runner.setup()
+    where = record_offloads(runner.app[DATA_PLANE].offload, monkeypatch)
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
         await site.start()
@@ -124,70 +112,10 @@ async def test_body_sized_stages_run_inline_when_small_and_in_a_thread_when_larg
     assert status == 200, answer
     [seen] = emulator.requests()
     assert seen["verified"]  # signed correctly wherever it was signed
+    # The obligations' edits were made wherever the body was edited.
+    sent = json.loads(base64.b64decode(seen["body_b64"]))
+    assert sent["guardrailConfig"]["guardrailIdentifier"] == "strict01"
+    assert sent["inferenceConfig"]["maxTokens"] == 64
+    assert sent["messages"] == json.loads(body)["messages"]
     assert (len(body) > OFFLOAD_BYTES) is not inline
-    loop_thread = threading.get_ident()
-    assert {name: len(threads) for name, threads in threads_of_stages.items()} == {
-        name: 1 for _, name in STAGES
-    }
-    on_loop = {name: threads == [loop_thread] for name, threads in threads_of_stages.items()}
-    assert on_loop == {name: inline for _, name in STAGES}
-
-
-CONVERSE = parse_route("POST", f"/model/{quote(HAIKU, safe='')}/converse")
-ASYNC = parse_route("POST", "/async-invoke")
-S3 = "s3://bucket/out/"
-
-
-@pytest.mark.parametrize(
-    ("headers", "config", "expected"),
-    [
-        ({}, None, None),
-        ({}, {"guardrailIdentifier": "g1", "guardrailVersion": "1"}, ("g1", "1")),
-        ({}, {"guardrailIdentifier": "g1", "guardrailVersion": 2}, ("g1", "2")),
-        (
-            {},
-            {"guardrailIdentifier": "g" * 2048, "guardrailVersion": "DRAFT"},
-            ("g" * 2048, "DRAFT"),
-        ),
-        ({"x-amzn-bedrock-guardrailidentifier": "h1"}, None, ("h1", "")),
-        # Longer than Bedrock accepts, or a version of any other type: refused, not copied.
-        ({}, {"guardrailIdentifier": "g" * 2049, "guardrailVersion": "1"}, 400),
-        ({}, {"guardrailIdentifier": "g1", "guardrailVersion": "1" * 9}, 400),
-        ({}, {"guardrailIdentifier": "g1", "guardrailVersion": ["1"] * 1_000_000}, 400),
-        ({"x-amzn-bedrock-guardrailidentifier": "h" * 8000}, None, 400),
-    ],
-)
-def test_the_requested_guardrail_is_bounded(
-    headers: dict[str, str], config: dict[str, Any] | None, expected: Any
-) -> None:
-    document = None if config is None else {"guardrailConfig": config}
-    if expected == 400:
-        with pytest.raises(InvalidRequest) as refused:
-            pipeline._requested_guardrail(CONVERSE, headers, document)
-        assert len(refused.value.message) < 200
-        return
-    guardrail = pipeline._requested_guardrail(CONVERSE, headers, document)
-    found = (guardrail.identifier, guardrail.version) if guardrail else None
-    assert found == expected
-
-
-@pytest.mark.parametrize(
-    ("s3", "expected"),
-    [
-        ({"s3Uri": S3}, (S3, None)),
-        ({"s3Uri": S3, "bucketOwner": "123456789012"}, (S3, "123456789012")),
-        ({"s3Uri": "s3://b/" + "k" * 1017}, ("s3://b/" + "k" * 1017, None)),
-        ({"s3Uri": "s3://b/" + "k" * 1018}, 400),
-        ({"s3Uri": S3, "bucketOwner": "1" * 13}, 400),
-        ({"s3Uri": "s3://b/" + "k" * 5_000_000}, 400),
-    ],
-)
-def test_the_async_output_location_is_bounded(s3: dict[str, Any], expected: Any) -> None:
-    document = {"modelId": HAIKU, "outputDataConfig": {"s3OutputDataConfig": s3}}
-    if expected == 400:
-        with pytest.raises(InvalidRequest) as refused:
-            pipeline._async_output(ASYNC, document)
-        assert len(refused.value.message) < 200
-        return
-    output = pipeline._async_output(ASYNC, document)
-    assert output is not None and (output.s3_uri, output.bucket_owner) == expected
+    assert where == {name: "inline" if inline else pool for name, pool in STAGES.items()}

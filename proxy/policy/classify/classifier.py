@@ -23,11 +23,10 @@ checked between texts and inside each one; past it the findings carry
 ``scan_incomplete``, which the shipped policy treats as restricted. Three
 seconds covers the text a model can take (a 1M-token context is ~4 MB; the
 densest realistic text, numbers and addresses, scans at ~0.25 s/MB, 4 MB in
-~1 s) with room for the GIL shared by two scanning threads and the event
-loop; bytes beyond that are images and documents, reported as
-``binary_content`` without being scanned. A body above a threshold is
-classified on the body-work pool (``Offload``), so the event loop keeps
-serving and neither the audit fsync nor STS waits for a scan.
+~1 s) with room for a busy machine; bytes beyond that are images and documents, reported as
+``binary_content`` without being scanned. The scan of a body above a
+threshold runs in a body-work process (``offload.Offload``), so the event
+loop keeps serving and neither the audit fsync nor STS waits for a scan.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.errors import InvalidRequest
-from proxy.offload import Offload
 from proxy.policy.classify.defaults import DeclaredDefaults
 from proxy.policy.classify.rules import (
     BUILTIN_RULES,
@@ -97,9 +95,16 @@ def classify(
         clock=clock,
         document=NOT_PARSED if document is None else document,
     )
+    return classification_of(declared, declared_header is None, findings, rules)
+
+
+def classification_of(
+    declared: str, defaulted: bool, findings: tuple[str, ...], rules: ClassificationRules
+) -> Classification:
+    """Pure: a declared level and the finding kinds of a scan -> the classification."""
     detected = max((rules.level_of(k) for k in findings), key=rank, default="public")
     effective = max(declared, detected, key=rank)
-    return Classification(declared, detected, effective, findings, declared_header is None)
+    return Classification(declared, detected, effective, findings, defaulted)
 
 
 def _declared_level(header: str | None, default: str) -> str:
@@ -112,46 +117,35 @@ def _declared_level(header: str | None, default: str) -> str:
     return header
 
 
-class Classifier:
-    """Classifies a request, on ``offload``'s pool when its body is large.
+@dataclass(frozen=True)
+class Declared:
+    """The level a request declares (``X-Data-Classification``), or its caller's default."""
 
-    ``defaults`` None (tests only) gives every caller ``internal``.
+    level: str
+    defaulted: bool
+
+
+class Classifier:
+    """The policy's side of a classification: declared defaults and the level map.
+
+    The scan itself runs with the rest of the body's reading
+    (``dataplane.reading``), in a body-work process when the body is large.
+    ``rules`` None and ``defaults`` None (tests only) give the built-in map
+    and ``internal`` to every caller.
     """
 
-    def __init__(
-        self,
-        rules: PolicyRules | None,
-        defaults: DeclaredDefaults | None,
-        *,
-        offload: Offload,
-        budget_s: float = SCAN_BUDGET_S,
-    ) -> None:
+    def __init__(self, rules: PolicyRules | None, defaults: DeclaredDefaults | None) -> None:
         self._rules = rules
         self._defaults = defaults
-        self._offload = offload
-        self._budget_s = budget_s
 
-    async def classify(
-        self,
-        declared_header: str | None,
-        body: bytes,
-        *,
-        operation: str,
-        spiffe_id: str,
-        document: object = None,
-    ) -> Classification:
+    async def declared(self, header: str | None, spiffe_id: str) -> Declared:
+        """The declared level (400 for a header that is no level), before any body is read."""
+        if header is not None:
+            return Declared(_declared_level(header, DEFAULT_DECLARED), False)
+        if self._defaults is None:
+            return Declared(DEFAULT_DECLARED, True)
+        return Declared(await self._defaults.of(spiffe_id), True)
+
+    async def classify(self, declared: Declared, findings: tuple[str, ...]) -> Classification:
         rules = BUILTIN_RULES if self._rules is None else await self._rules.current()
-        default = DEFAULT_DECLARED
-        if declared_header is None and self._defaults is not None:
-            default = await self._defaults.of(spiffe_id)
-        return await self._offload.if_large(
-            len(body),
-            classify,
-            declared_header,
-            body,
-            operation=operation,
-            default=default,
-            rules=rules,
-            budget_s=self._budget_s,
-            document=document,
-        )
+        return classification_of(declared.level, declared.defaulted, findings, rules)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
-from typing import Any
 
 import pytest
 
-import proxy.policy.classify.classifier
 from proxy.errors import InvalidRequest
-from proxy.offload import OFFLOAD_BYTES, Offload
 from proxy.policy.classify.classifier import Classification, Classifier, classify
 from proxy.policy.classify.rules import (
     BUILTIN_RULES,
@@ -109,26 +105,12 @@ def test_downgrade_attempt_is_raised() -> None:
     assert AWS_SECRET not in json.dumps(result.to_opa())
 
 
-async def test_classifier_scans_large_bodies_on_the_body_work_pool(
-    monkeypatch: pytest.MonkeyPatch, offload: Offload
-) -> None:
-    threads: list[threading.Thread] = []
-
-    def recording(*args: Any, **kwargs: Any) -> Classification:
-        threads.append(threading.current_thread())
-        return classify(*args, **kwargs)
-
-    monkeypatch.setattr(proxy.policy.classify.classifier, "classify", recording)
-    classifier = Classifier(None, None, offload=offload)
-    small = converse_body({"text": "x" * 20})
-    large = converse_body({"text": f"{'x ' * OFFLOAD_BYTES} {AWS_SECRET}"})
-    assert await classifier.classify(
-        None, small, operation="Converse", spiffe_id="spiffe://td/w"
-    ) == Classification("internal", "public", "internal", (), defaulted=True)
+async def test_the_classifier_raises_the_declared_level_by_the_findings() -> None:
+    classifier = Classifier(None, None)
+    defaulted = await classifier.classify(await classifier.declared(None, "spiffe://td/w"), ())
+    assert defaulted == Classification("internal", "public", "internal", (), defaulted=True)
     found = await classifier.classify(
-        "public", large, operation="Converse", spiffe_id="spiffe://td/w"
+        await classifier.declared("public", "spiffe://td/w"), ("aws_secret_key",)
     )
-    assert found.findings == ("aws_secret_key",)
-    assert threads[0] is threading.current_thread()
-    assert threads[1].name.startswith("test-body-work")
+    assert found == Classification("public", "restricted", "restricted", ("aws_secret_key",))
     assert isinstance(ClassificationRules().levels, type(BUILTIN_RULES.levels))

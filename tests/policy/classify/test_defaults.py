@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
 
-from proxy.errors import PolicyUnavailable
-from proxy.offload import Offload
-from proxy.policy.classify.classifier import Classifier
+from proxy.errors import InvalidRequest, PolicyUnavailable
+from proxy.policy.classify.classifier import Classifier, Declared
 from proxy.policy.classify.defaults import DeclaredDefaults, declared_default_from
 from proxy.policy.opa import OpaClient
 from proxy.policy.revision import PolicyRevision
@@ -176,18 +174,21 @@ def test_max_entries_must_be_positive() -> None:
         DeclaredDefaults(opa, PolicyRevision(opa), max_entries=0)
 
 
-async def test_the_classifier_asks_only_when_there_is_no_header(offload: Offload) -> None:
+async def test_the_classifier_asks_only_when_there_is_no_header() -> None:
     opa_side = DefaultsOpa()
     async with defaults_against(opa_side) as (defaults, _):
-        classifier = Classifier(None, defaults, offload=offload)
-        body = json.dumps({"messages": []}).encode()
-        declared = await classifier.classify("public", body, operation="Converse", spiffe_id=AGENT)
-        assert (declared.declared, declared.defaulted) == ("public", False)
+        classifier = Classifier(None, defaults)
+        declared = await classifier.declared("public", AGENT)
+        assert declared == Declared("public", defaulted=False)
         assert opa_side.inputs == []
-        defaulted = await classifier.classify(None, body, operation="Converse", spiffe_id=AGENT)
+        defaulted = await classifier.classify(await classifier.declared(None, AGENT), ())
         assert (defaulted.declared, defaulted.effective, defaulted.defaulted) == (
             "confidential",
             "confidential",
             True,
         )
+        assert len(opa_side.inputs) == 1
+        # A header that is no level is refused before anything is asked or read.
+        with pytest.raises(InvalidRequest, match="X-Data-Classification"):
+            await classifier.declared("secret", AGENT)
         assert len(opa_side.inputs) == 1
