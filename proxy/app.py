@@ -30,7 +30,7 @@ from proxy.context import RequestContext
 from proxy.dataplane.limits import CallerLimits
 from proxy.dataplane.pipeline import DataPlane
 from proxy.dataplane.upstream import Upstream
-from proxy.errors import AuditUnavailable, Overloaded, ProxyError, Throttled, http_refusal
+from proxy.errors import AuditUnavailable, ProxyError, RetryLater, http_refusal
 from proxy.identity.svid import TrustBundles, VerifiedIdentities
 from proxy.metrics import Metrics
 from proxy.offload import Offload
@@ -67,7 +67,7 @@ class _Unbranded(web.Response):
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
     headers = {"x-amzn-ErrorType": error.error_type, "x-amzn-RequestId": request_id}
-    if isinstance(error, Throttled | Overloaded):
+    if isinstance(error, RetryLater):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return _Unbranded(
         text=json.dumps({"message": error.message}),

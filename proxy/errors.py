@@ -192,11 +192,20 @@ class RequestTimeout(ProxyError):
     outcome = Outcome.CLIENT_TIMEOUT
 
 
-class Throttled(ProxyError):
+class RetryLater(ProxyError):
+    """A refusal at a limit: ``retry_after_s`` becomes a ``Retry-After`` header."""
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 1.0, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after_s = retry_after_s
+
+
+class Throttled(RetryLater):
     """One identity (or task) is over its own limit: it waits, nobody else does.
 
-    ``retry_after_s`` becomes a ``Retry-After`` header; SDKs retry a
-    ThrottlingException with backoff on their own.
+    SDKs retry a ThrottlingException with backoff on their own.
     """
 
     status = 429
@@ -204,23 +213,11 @@ class Throttled(ProxyError):
     code = "throttled"
     outcome = Outcome.THROTTLED
 
-    def __init__(
-        self, message: str, *, retry_after_s: float = 1.0, detail: str | None = None
-    ) -> None:
-        super().__init__(message, detail=detail)
-        self.retry_after_s = retry_after_s
 
-
-class Overloaded(ProxyError):
+class Overloaded(RetryLater):
     """The proxy as a whole is at a limit (connections, in-flight bytes): fail fast."""
 
     status = 503
     error_type = "ServiceUnavailableException"
     code = "overloaded"
     outcome = Outcome.OVERLOADED
-
-    def __init__(
-        self, message: str, *, retry_after_s: float = 1.0, detail: str | None = None
-    ) -> None:
-        super().__init__(message, detail=detail)
-        self.retry_after_s = retry_after_s
